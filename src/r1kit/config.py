@@ -1,0 +1,186 @@
+"""Config loading: small dataclasses, filled from a YAML recipe and `--key value` overrides.
+
+Every config is a plain dataclass whose fields carry their documentation in `metadata["help"]`
+(shown by `r1kit <cmd> --help`). `load_config(cls, path, overrides)` reads the YAML file, applies
+the overrides, coerces each value to the field's annotated type, and rejects unknown keys with a
+message that names the key, the file, and the closest known field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A recipe or command-line option is wrong; the message names the key and the source."""
+
+
+def field(default: Any = dataclasses.MISSING, help: str = "", **kw) -> Any:  # noqa: A002
+    """`dataclasses.field` with a help text; mutable defaults are wrapped in a factory."""
+    if isinstance(default, (list, dict)):
+        value = default
+        return dataclasses.field(default_factory=lambda: type(value)(value), metadata={"help": help}, **kw)
+    return dataclasses.field(default=default, metadata={"help": help}, **kw)
+
+
+def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
+    """Convert `value` (from YAML or the command line) to the annotated type `tp`."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and type(None) in args):
+            if type(None) in args:
+                return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key, source)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[-1] if errors else f"{source}: '{key}' got {value!r}")
+    if origin is typing.Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{source}: '{key}' must be one of {list(allowed)}, got {value!r}")
+        return value
+    if origin in (list, tuple):
+        (inner, *_) = typing.get_args(tp) or (Any,)
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        return [_coerce(v, inner, key, source) for v in value]
+    if origin is dict or tp is dict:
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: '{key}' must be a mapping, got {value!r}")
+        return value
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
+        raise ConfigError(f"{source}: '{key}' must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{source}: '{key}' must be an integer, got {value!r}")
+        try:
+            as_float = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{source}: '{key}' must be an integer, got {value!r}") from None
+        if as_float != int(as_float):
+            raise ConfigError(f"{source}: '{key}' must be an integer, got {value!r}")
+        return int(as_float)
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{source}: '{key}' must be a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{source}: '{key}' must be a number, got {value!r}") from None
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{source}: '{key}' must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _unknown_key_error(key: str, cls: type, source: str) -> ConfigError:
+    names = [f.name for f in dataclasses.fields(cls)]
+    close = difflib.get_close_matches(key, names, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return ConfigError(f"{source}: unknown key '{key}' for {cls.__name__}{hint}")
+
+
+def parse_overrides(args: list[str]) -> list[tuple[str, str]]:
+    """`['--lr', '1e-5', '--beta=0.1']` -> `[('lr', '1e-5'), ('beta', '0.1')]`."""
+    pairs, i = [], 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"command line: expected --key value, got {arg!r}")
+        key = arg[2:].replace("-", "_")
+        if "=" in key:
+            key, value = key.split("=", 1)
+            i += 1
+        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+            value = args[i + 1]
+            i += 2
+        else:
+            value = "true"  # a bare flag: --mask_truncated_completions
+            i += 1
+        pairs.append((key, value))
+    return pairs
+
+
+def from_dict(cls: type, data: dict, source: str = "config"):
+    """Build `cls` from a mapping, coercing types; unknown keys are an error that names them."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            raise _unknown_key_error(key, cls, source)
+        kwargs[key] = _coerce(value, hints[key], key, source)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except ValueError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def load_config(cls: type, path: str | None = None, overrides: list[str] | None = None):
+    """Load `cls` from a YAML recipe (optional) and command-line `--key value` overrides."""
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: a recipe must be a mapping of key: value")
+        data.update(loaded)
+        source = str(path)
+    else:
+        source = "command line"
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key, value in parse_overrides(overrides or []):
+        if key not in names:
+            raise _unknown_key_error(key, cls, "command line")
+        data[key] = yaml.safe_load(value) if value.strip()[:1] in ("[", "{") else value
+        source = f"{path} + command line" if path else "command line"
+    return from_dict(cls, data, source)
+
+
+def to_dict(cfg) -> dict:
+    """A YAML-ready dict of a config dataclass."""
+    return dataclasses.asdict(cfg)
+
+
+def describe(cls: type) -> str:
+    """One line per field: name, default and help text (for `--help`)."""
+    lines = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)"
+        )
+        lines.append(f"  --{f.name} (default: {default!r})\n      {f.metadata.get('help', '')}")
+    return "\n".join(lines)

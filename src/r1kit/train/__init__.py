@@ -1,0 +1,1 @@
+"""Training loops: GRPO (`grpo.py`), pretraining (`pretrain.py`), and their shared pieces."""

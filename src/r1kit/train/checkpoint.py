@@ -1,0 +1,194 @@
+"""Crash-safe checkpoints: written to a temporary folder, fsynced, renamed into place.
+
+Layout of `output_dir/checkpoint-N/`:
+  model files       save_pretrained (Hugging Face native: transformers/vLLM load it as is)
+  optimizer.pt      optimizer state dict          (loaded with weights_only=True)
+  scheduler.pt      LR scheduler state dict       (loaded with weights_only=True)
+  rng.pt            torch CPU/CUDA generator states (weights_only=True)
+  trainer_state.json  step, data position, Python RNG state, counters, config, data fingerprint;
+                      written last, so its presence marks a complete checkpoint
+`output_dir/latest` names the newest complete checkpoint; it is replaced atomically (os.replace).
+Old checkpoints are deleted only after the new one is committed and the pointer moved.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("r1kit.checkpoint")
+
+STATE_FILE = "trainer_state.json"
+POINTER = "latest"
+_CKPT = re.compile(r"^checkpoint-(\d+)$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be used; the message names the folder and the reason."""
+
+
+def _fsync_tree(path: Path) -> None:
+    for p in sorted(path.rglob("*")):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+    _fsync_dir(path)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def rng_state() -> dict:
+    """Every random-number state the loop uses (Python's as JSON-able data, torch's as tensors)."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def python_rng_state() -> list:
+    version, internal, gauss = random.getstate()
+    return [version, list(internal), gauss]
+
+
+def set_python_rng_state(state: list) -> None:
+    random.setstate((state[0], tuple(state[1]), state[2]))
+
+
+def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints (those with a trainer_state.json), oldest first."""
+    out = []
+    root = Path(output_dir)
+    if not root.is_dir():
+        return out
+    for p in root.iterdir():
+        m = _CKPT.match(p.name)
+        if m and p.is_dir() and (p / STATE_FILE).is_file():
+            out.append((int(m.group(1)), p))
+    return sorted(out)
+
+
+def save_checkpoint(output_dir: str | Path, step: int, *, model, tokenizer, optimizer, scheduler,
+                    trainer_state: dict, save_total_limit: int | None = None) -> Path:
+    """Write `checkpoint-{step}` atomically, move the `latest` pointer, then rotate old ones."""
+    root = Path(output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"checkpoint-{step}"
+    tmp = root / f".tmp-checkpoint-{step}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    model.save_pretrained(tmp)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    torch.save(rng_state(), tmp / "rng.pt")
+    state = dict(trainer_state, step=step, python_rng=python_rng_state())
+    (tmp / STATE_FILE).write_text(json.dumps(state, indent=1, default=str))
+    _fsync_tree(tmp)
+    if final.exists():  # re-saving a step after a resume: swap, never leave a gap
+        old = root / f".old-checkpoint-{step}-{os.getpid()}"
+        os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, final)
+    _fsync_dir(root)
+    _atomic_write_text(root / POINTER, final.name + "\n")
+    if save_total_limit is not None:
+        for _, path in list_checkpoints(root)[:-save_total_limit]:
+            if path != final:
+                shutil.rmtree(path, ignore_errors=True)
+    for leftover in root.glob(".tmp-checkpoint-*"):  # from runs killed during a save
+        if leftover != tmp:
+            shutil.rmtree(leftover, ignore_errors=True)
+    return final
+
+
+def find_checkpoint(spec: str, output_dir: str | Path) -> Path:
+    """Resolve `resume_from_checkpoint`: a folder, or 'true' for the newest complete one."""
+    if spec.lower() not in ("true", "latest"):
+        path = Path(spec)
+        if not (path / STATE_FILE).is_file():
+            raise CheckpointError(f"{path}: not a complete r1kit checkpoint (no {STATE_FILE})")
+        return path
+    root = Path(output_dir)
+    pointer = root / POINTER
+    if pointer.is_file():
+        name = pointer.read_text().strip()
+        cand = root / name
+        if _CKPT.match(name) and (cand / STATE_FILE).is_file():
+            return cand
+        log.warning("%s: pointer is damaged or names an incomplete checkpoint (%r); scanning the folder",
+                    pointer, name[:80])
+    found = list_checkpoints(root)
+    if not found:
+        raise CheckpointError(f"{root}: resume_from_checkpoint=true but no complete checkpoint is there")
+    return found[-1][1]
+
+
+def load_model_weights(model, ckpt: Path) -> None:
+    """Load the weights save_pretrained wrote into the in-memory `model` (full or LoRA)."""
+    from safetensors.torch import load_file
+
+    files = sorted(ckpt.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"{ckpt}: no .safetensors weights")
+    if hasattr(model, "peft_config"):
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(str(ckpt / "adapter_model.safetensors")))
+        return
+    state = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or [])
+    if isinstance(getattr(model, "_tied_weights_keys", None), dict):
+        tied = set(model._tied_weights_keys)
+    real_missing = [k for k in missing if k not in tied and not k.endswith("lm_head.weight")]
+    if real_missing or unexpected:
+        raise CheckpointError(f"{ckpt}: weights do not match the model (missing {real_missing[:5]}, "
+                              f"unexpected {list(unexpected)[:5]})")
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+
+
+def load_checkpoint(ckpt: Path, *, model, optimizer, scheduler) -> dict:
+    """Restore weights, optimizer, scheduler and every RNG; return the trainer state."""
+    try:
+        state = json.loads((ckpt / STATE_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{ckpt / STATE_FILE}: unreadable ({e})") from None
+    load_model_weights(model, ckpt)
+    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
+    rng = torch.load(ckpt / "rng.pt", weights_only=True)
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    set_python_rng_state(state["python_rng"])
+    return state

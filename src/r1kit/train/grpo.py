@@ -1,0 +1,302 @@
+"""The GRPO loop of DeepSeek-R1 (arXiv 2501.12948, §2.2), readable top to bottom.
+
+Each step: sample prompts -> G completions each (rollout engine) -> rule-based rewards ->
+group-relative advantages -> old/reference log-probs -> mu passes of micro-batches with gradient
+accumulation -> clip -> AdamW + schedule -> engine weight sync -> metrics -> checkpoint.
+All math lives in `r1kit.algo`, generation in `r1kit.rollout`, rewards in `r1kit.rewards`.
+
+One *step* is one generation batch (`per_device_train_batch_size x gradient_accumulation_steps`
+completions per device); with `num_iterations` (mu) > 1 it makes mu optimizer updates.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from r1kit.algo import group_advantages, loss_normalizer, masked_mean, policy_loss, zero_std_groups
+from r1kit.config import to_dict
+from r1kit.data.datasets import DataError, load_dataset_rows
+from r1kit.data.templates import is_conversation, render_prompt
+from r1kit.models.loading import load_model_and_tokenizer, save_model
+from r1kit.rewards import get_reward, language_mixing_rate, reward_metrics, score_completions
+from r1kit.rollout import SamplingParams, make_engine
+from r1kit.train.batch import batched_logps, collate, completion_logps
+from r1kit.train.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from r1kit.train.grpo_config import GRPOConfig
+from r1kit.train.sampler import PromptSampler
+from r1kit.train.tracking import Tracker
+from r1kit.utils.dist import Runtime
+
+log = logging.getLogger("r1kit.grpo")
+
+# Options that may change when resuming (they do not change what is trained).
+RESUMABLE_CHANGES = {"max_steps", "num_train_epochs", "save_steps", "save_total_limit", "logging_steps",
+                     "report_to", "log_completions", "resume_from_checkpoint", "disable_tqdm", "output_dir",
+                     "reward_timeout_s"}
+
+
+def train(cfg: GRPOConfig) -> Path:
+    """Run GRPO as `cfg` says; returns the output folder holding the final model."""
+    rt = Runtime.create()
+    torch.manual_seed(cfg.seed + rt.rank)
+    random.seed(cfg.seed + rt.rank)
+    out = Path(cfg.output_dir)
+
+    # ---- model, tokenizer, reference model, data, rewards -------------------------------------
+    lora = None if cfg.lora_r == 0 else dict(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                                               target_modules=cfg.lora_target_modules or "all-linear")
+    model, tokenizer = load_model_and_tokenizer(cfg.model_name_or_path, dtype=cfg.dtype, device=str(rt.device),
+                                                tokenizer_name_or_path=cfg.tokenizer_name_or_path, lora=lora)
+    model.train()
+    ref_model = reference_model(model) if cfg.beta > 0 else None
+    data = prepare_data(cfg, tokenizer)
+    reward_funcs = [get_reward(name) for name in cfg.reward_funcs]
+    weights = cfg.reward_weights or [1.0] * len(reward_funcs)
+    prompts_per_step = cfg.batch_size // cfg.num_generations
+    if len(data["prompt_ids"]) < prompts_per_step * rt.world_size:
+        raise DataError(f"{cfg.dataset_name}: {len(data['prompt_ids'])} prompts, fewer than one batch "
+                        f"({prompts_per_step} prompts x {rt.world_size} process(es))")
+
+    # ---- engine, optimizer, schedule, data order ----------------------------------------------
+    engine = make_engine(cfg.rollout_engine, model, tokenizer)
+    sampling = SamplingParams(n=cfg.num_generations, max_new_tokens=cfg.max_completion_length,
+                              temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                              stop=tuple(cfg.stop_strings or ()))
+    total_steps = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(
+        cfg.num_train_epochs * len(data["prompt_ids"]) / (prompts_per_step * rt.world_size)))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                  weight_decay=cfg.weight_decay)
+    opt_steps = total_steps * cfg.num_iterations
+    scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_training_steps=opt_steps,
+                              num_warmup_steps=math.ceil(cfg.warmup_ratio * opt_steps))
+    sampler = PromptSampler(len(data["prompt_ids"]), cfg.seed, rt.rank, rt.world_size)
+    state = {"step": 0, "num_tokens": 0, "skipped_steps": 0, "reward_errors": {}}
+
+    if cfg.resume_from_checkpoint:
+        ckpt = find_checkpoint(cfg.resume_from_checkpoint, out)
+        state = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler)
+        check_resume(state, cfg, data["fingerprint"], ckpt)
+        sampler.load_state_dict(state["sampler"])
+        engine.update_weights(model)
+        log.info("resumed from %s at step %d", ckpt, state["step"])
+    tracker = Tracker(str(out), cfg.report_to, to_dict(cfg), enabled=rt.is_main,
+                      resume_step=state["step"] if cfg.resume_from_checkpoint else None)
+    bar = tqdm(total=total_steps, initial=state["step"], disable=cfg.disable_tqdm or not rt.is_main,
+               desc="grpo", dynamic_ncols=True)
+
+    for step in range(state["step"] + 1, total_steps + 1):
+        t_step = time.perf_counter()
+
+        # ---- 1-3. sample prompts, generate G completions each, score them -----------------------
+        sampling.seed = cfg.seed * 1_000_003 + step * rt.world_size + rt.rank  # resume-exact sampling
+        t0 = time.perf_counter()
+        roll = rollout_and_score(engine, sampling, sampler.next(prompts_per_step), data, reward_funcs, weights, cfg)
+        first_zero_std = zero_std_groups(roll["rewards"].total, cfg.num_generations).float().mean().item()
+        rounds = 0
+        while cfg.dynamic_sampling and rounds < cfg.max_resample_rounds and zero_std_groups(
+                roll["rewards"].total, cfg.num_generations).any():
+            rounds += 1  # DAPO dynamic sampling: drop groups whose rewards agree, refill with new prompts
+            roll = refill(roll, rollout_and_score(engine, sampling, sampler.next(prompts_per_step), data,
+                                                  reward_funcs, weights, cfg), prompts_per_step, cfg.num_generations)
+        timing_generate = time.perf_counter() - t0
+        comps, rewards = roll["completions"], roll["rewards"]
+
+        # ---- 4. group-relative advantages (the paper's A_i = (r_i - mean) / std) ------------------
+        advantages = group_advantages(rewards.total, cfg.num_generations, scale=cfg.scale_rewards)  # [B]
+
+        # ---- 5. batch tensors; old log-probs (mu > 1) and reference log-probs (beta > 0) ---------
+        keep = [not (cfg.mask_truncated_completions and c.finish_reason == "length") for c in comps]
+        batch = collate([c.prompt_ids for c in comps], [c.completion_ids for c in comps],
+                        tokenizer.pad_token_id, keep).to(rt.device)
+        advantages = advantages.to(rt.device)
+        mbs = cfg.per_device_train_batch_size
+        old_logps = batched_logps(model, batch, mbs, cfg.temperature) if cfg.num_iterations > 1 else None
+        ref_logps = reference_logps(model, ref_model, batch, mbs, cfg.temperature) if cfg.beta > 0 else None
+        norm = rt.sum(loss_normalizer(batch.completion_mask, cfg.loss_type, cfg.max_completion_length)) / rt.world_size
+
+        # ---- 6. mu passes of micro-batches, gradient accumulation, clip, AdamW --------------------
+        t0 = time.perf_counter()
+        totals: dict[str, float] = {}
+        for _ in range(cfg.num_iterations):
+            loss_sum = 0.0
+            for s in range(0, len(batch), mbs):
+                sl = slice(s, s + mbs)
+                mb = batch.select(sl)
+                logps, entropy = completion_logps(model, mb, cfg.temperature, with_entropy=True)  # [b, T]
+                old = old_logps[sl] if old_logps is not None else logps.detach()  # mu = 1: ratio is 1
+                loss, stats = policy_loss(logps, old, advantages[sl], mb.completion_mask,
+                                          loss_type=cfg.loss_type, eps_low=cfg.epsilon, eps_high=cfg.epsilon_high,
+                                          beta=cfg.beta, ref_logp=None if ref_logps is None else ref_logps[sl],
+                                          kl=cfg.kl_estimator, max_completion_length=cfg.max_completion_length,
+                                          num_items=norm)
+                loss.backward()
+                loss_sum += loss.item()
+                n_tok = mb.completion_mask.sum().item()
+                stats["entropy"] = masked_mean(entropy, mb.completion_mask)
+                for k, v in stats.items():  # token-weighted means over the whole batch
+                    totals[k] = totals.get(k, 0.0) + float(v) * n_tok
+                totals["_tokens"] = totals.get("_tokens", 0.0) + n_tok
+            rt.all_reduce_grads(model)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm).item()
+            if math.isfinite(grad_norm):
+                optimizer.step()
+            else:
+                state["skipped_steps"] += 1
+                log.warning("step %d: non-finite gradient norm, update skipped", step)
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            totals["loss"] = totals.get("loss", 0.0) + loss_sum / cfg.num_iterations
+        engine.update_weights(model)  # ---- 7. the engine samples from the new policy next step
+        timing_train = time.perf_counter() - t0
+
+        # ---- 8. metrics, completions, checkpoint --------------------------------------------------
+        lengths = [len(c.completion_ids) for c in comps]
+        n_gen = rt.sum(sum(lengths))
+        state["num_tokens"] += int(rt.sum(sum(lengths) + sum(len(c.prompt_ids) for c in comps)))
+        for name, n in rewards.errors.items():
+            state["reward_errors"][name] = state["reward_errors"].get(name, 0) + n
+        step_time = time.perf_counter() - t_step
+        tok = max(totals.pop("_tokens"), 1.0)
+        metrics = {
+            **reward_metrics(rewards),
+            "completions/mean_length": sum(lengths) / len(lengths),
+            "completions/max_length": max(lengths),
+            "completions/min_length": min(lengths),
+            "completions/clipped_ratio": sum(c.finish_reason == "length" for c in comps) / len(comps),
+            "completions/language_mixing_rate": language_mixing_rate([c.text for c in comps]),
+            "frac_reward_zero_std": first_zero_std,
+            "advantages/abs_mean": advantages.abs().mean().item(),
+            **{k: v / tok for k, v in totals.items() if k != "loss"},
+            "loss": totals["loss"],
+            "grad_norm": grad_norm,
+            "learning_rate": scheduler.get_last_lr()[0],
+            "num_tokens": state["num_tokens"],
+            "skipped_steps": state["skipped_steps"],
+            **{f"reward_errors/{k}": v for k, v in state["reward_errors"].items()},
+            "dynamic_sampling/rounds": rounds,
+            "timing_s/generate": timing_generate,
+            "timing_s/train": timing_train,
+            "timing_s/step": step_time,
+            "perf/tokens_per_sec": n_gen / step_time,
+        }
+        if cfg.beta == 0:
+            metrics.pop("kl", None)
+        if step % cfg.logging_steps == 0 or step == total_steps:
+            tracker.log(step, metrics)
+        if cfg.log_completions:
+            tracker.log_completions(step, completion_rows(comps, roll, rewards, advantages, data["texts"]))
+        bar.set_postfix(reward=f"{metrics['reward']:.3f}", len=f"{metrics['completions/mean_length']:.0f}")
+        bar.update(1)
+        state.update(step=step, sampler=sampler.state_dict())
+        if (cfg.save_steps > 0 and step % cfg.save_steps == 0) or step == total_steps:
+            if rt.is_main:
+                save_checkpoint(out, step, model=model, tokenizer=tokenizer, optimizer=optimizer,
+                                scheduler=scheduler, save_total_limit=cfg.save_total_limit,
+                                trainer_state=dict(state, config=to_dict(cfg), data_fingerprint=data["fingerprint"]))
+            rt.barrier()
+
+    bar.close()
+    tracker.close()
+    if rt.is_main:
+        save_model(model, tokenizer, out)
+        (out / "r1kit_config.json").write_text(json.dumps(to_dict(cfg), indent=1))
+    rt.barrier()
+    return out
+
+
+# ---- the pieces the loop calls ----------------------------------------------------------------
+
+
+def prepare_data(cfg: GRPOConfig, tokenizer) -> dict:
+    """Load and validate the dataset, render the template, tokenize, check prompt lengths."""
+    ds = load_dataset_rows(cfg.dataset_name, cfg.dataset_train_split, prompt_column=cfg.dataset_prompt_column,
+                           answer_column=cfg.dataset_answer_column, dataset_config=cfg.dataset_config,
+                           num_rows=cfg.dataset_num_rows, seed=cfg.seed)
+    prompts = ds["prompt"]
+    texts = [render_prompt(p, tokenizer, cfg.template, cfg.system_prompt) for p in prompts]
+    # The chat template writes its own special tokens; a plain string gets the tokenizer's (e.g. BOS).
+    prompt_ids = tokenizer(texts, add_special_tokens=cfg.template != "chat").input_ids
+    too_long = [i for i, ids in enumerate(prompt_ids) if len(ids) > cfg.max_prompt_length]
+    if too_long:
+        i = too_long[0]
+        raise DataError(f"{cfg.dataset_name}: row {i}: 'prompt' is {len(prompt_ids[i])} tokens after the "
+                        f"'{cfg.template}' template, over max_prompt_length={cfg.max_prompt_length} "
+                        f"({len(too_long)} row(s) in all)")
+    columns = {k: ds[k] for k in ds.column_names if k != "prompt"}
+    fingerprint = hashlib.sha256(json.dumps([texts, columns["solution"]], default=str).encode()).hexdigest()[:16]
+    return {"prompts": prompts, "texts": texts, "prompt_ids": prompt_ids, "columns": columns,
+            "conversational": is_conversation(prompts[0]), "fingerprint": fingerprint}
+
+
+def rollout_and_score(engine, sampling, rows, data, reward_funcs, weights, cfg) -> dict:
+    """Generate `sampling.n` completions for each row and score them with every reward function."""
+    comps = engine.generate([data["prompt_ids"][r] for r in rows], sampling)
+    row_of = [rows[c.prompt_index] for c in comps]
+    texts = [c.text for c in comps]
+    completions = [[{"role": "assistant", "content": t}] for t in texts] if data["conversational"] else texts
+    columns = {k: [v[r] for r in row_of] for k, v in data["columns"].items()}
+    columns["completion_ids"] = [c.completion_ids for c in comps]
+    rewards = score_completions(reward_funcs, weights, [data["prompts"][r] for r in row_of], completions, columns,
+                                names=cfg.reward_funcs, timeout_s=cfg.reward_timeout_s)
+    return {"completions": comps, "rows": row_of, "rewards": rewards}
+
+
+def refill(roll: dict, extra: dict, num_prompts: int, group_size: int) -> dict:
+    """Dynamic sampling: keep groups with varied rewards first, topped up with others, to `num_prompts`."""
+    merged = {"completions": roll["completions"] + extra["completions"], "rows": roll["rows"] + extra["rows"],
+              "rewards": roll["rewards"].concat(extra["rewards"])}
+    flat = zero_std_groups(merged["rewards"].total, group_size).tolist()
+    order = [g for g, z in enumerate(flat) if not z] + [g for g, z in enumerate(flat) if z]
+    idx = [g * group_size + j for g in order[:num_prompts] for j in range(group_size)]
+    return {"completions": [merged["completions"][i] for i in idx], "rows": [merged["rows"][i] for i in idx],
+            "rewards": merged["rewards"].select(idx)}
+
+
+def reference_model(model):
+    """A frozen copy of the initial policy (for LoRA, the base model with adapters disabled)."""
+    if hasattr(model, "disable_adapter"):
+        return None
+    ref = copy.deepcopy(model).eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref
+
+
+def reference_logps(model, ref_model, batch, micro_batch_size: int, temperature: float) -> torch.Tensor:
+    if ref_model is not None:
+        return batched_logps(ref_model, batch, micro_batch_size, temperature)
+    with model.disable_adapter():
+        return batched_logps(model, batch, micro_batch_size, temperature)
+
+
+def completion_rows(comps, roll, rewards, advantages, prompt_texts) -> list[dict]:
+    per_func = rewards.per_func.tolist()
+    return [{"row": roll["rows"][i], "prompt": prompt_texts[roll["rows"][i]], "completion": c.text,
+             "finish_reason": c.finish_reason, "length": len(c.completion_ids),
+             "reward": float(rewards.total[i]), "advantage": float(advantages[i]),
+             **{f"rewards/{n}": per_func[i][j] for j, n in enumerate(rewards.names)}}
+            for i, c in enumerate(comps)]
+
+
+def check_resume(state: dict, cfg: GRPOConfig, fingerprint: str, ckpt: Path) -> None:
+    """Refuse to resume on changed data or training options; name what changed."""
+    if state.get("data_fingerprint") != fingerprint:
+        raise DataError(f"{ckpt}: the dataset (or its template) changed since this checkpoint was written; "
+                        f"resume with the same data or start a new output_dir")
+    old, new = state.get("config", {}), to_dict(cfg)
+    changed = sorted(k for k in new if k not in RESUMABLE_CHANGES and k in old and old[k] != new[k])
+    if changed:
+        raise ValueError(f"{ckpt}: options changed since this checkpoint: "
+                         + ", ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in changed))

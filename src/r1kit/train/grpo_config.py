@@ -1,0 +1,122 @@
+"""`GRPOConfig`: every option of `r1kit grpo`, with TRL's names and meanings where TRL has one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from r1kit.config import field
+
+LOSS_TYPES = ("grpo", "dapo", "dr_grpo")
+SCALES = ("group", "batch", "none")
+
+
+@dataclass
+class GRPOConfig:
+    # ---- model ----
+    model_name_or_path: str = field("r1kit:tiny", help="Local folder, hub id, a .gguf file, or r1kit:tiny (a small model built locally).")
+    tokenizer_name_or_path: str | None = field(None, help="Tokenizer to use when it differs from the model's.")
+    dtype: str = field("auto", help="auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16 or float16.")
+    lora_r: int = field(0, help="LoRA rank; 0 trains all weights.")
+    lora_alpha: int = field(16, help="LoRA alpha.")
+    lora_dropout: float = field(0.0, help="LoRA dropout.")
+    lora_target_modules: list[str] | None = field(None, help="Module names LoRA wraps (default: all linear layers).")
+
+    # ---- data ----
+    dataset_name: str = field("r1kit:arithmetic", help="Hub id, local folder, .jsonl/.parquet file, or r1kit:TASK.")
+    dataset_config: str | None = field(None, help="Hub dataset configuration name.")
+    dataset_train_split: str = field("train", help="Split to train on.")
+    dataset_prompt_column: str = field("prompt", help="Column holding the prompt (a string or chat messages).")
+    dataset_answer_column: str = field("solution", help="Column holding the reference answer.")
+    dataset_num_rows: int | None = field(None, help="Use only this many rows (procedural tasks: how many to generate).")
+    template: str = field("r1_zero", help="r1_zero (the paper's Table 1 template) or chat (the tokenizer's chat template).")
+    system_prompt: str | None = field(None, help="System message for template: chat.")
+
+    # ---- rewards ----
+    reward_funcs: list[str] = field(["accuracy", "format"], help="Reward function names or dotted import paths.")
+    reward_weights: list[float] | None = field(None, help="One weight per reward function (default: all 1).")
+    reward_timeout_s: float | None = field(None, help="Per-call deadline for reward functions, run in a killable worker.")
+
+    # ---- generation ----
+    rollout_engine: str = field("hf", help="Rollout backend: hf (transformers, CPU/GPU).")
+    num_generations: int = field(8, help="Completions per prompt (the group size G).")
+    max_prompt_length: int = field(512, help="Prompts longer than this (in tokens) are an error before training.")
+    max_completion_length: int = field(256, help="Maximum new tokens per completion.")
+    temperature: float = field(1.0, help="Sampling temperature (also divides the logits in the loss).")
+    top_p: float = field(1.0, help="Nucleus sampling threshold.")
+    top_k: int = field(0, help="Top-k sampling; 0 disables it.")
+    stop_strings: list[str] | None = field(None, help="Generation stops after any of these strings (e.g. </answer>).")
+
+    # ---- GRPO ----
+    beta: float = field(0.0, help="KL coefficient against the reference model (0 = no reference model).")
+    kl_estimator: str = field("k3", help="KL estimator: k1, k2 or k3 (the paper's).")
+    epsilon: float = field(0.2, help="Lower clipping range of the ratio.")
+    epsilon_high: float | None = field(None, help="Upper clipping range (DAPO's clip-higher); default: epsilon.")
+    loss_type: str = field("dapo", help="grpo (per-sequence mean), dapo (token mean), dr_grpo (constant divisor).")
+    scale_rewards: str = field("group", help="Advantage scaling: group, batch or none (Dr. GRPO).")
+    num_iterations: int = field(1, help="Policy updates per generation batch (the paper's mu).")
+    mask_truncated_completions: bool = field(False, help="Exclude completions cut by max_completion_length from the loss.")
+    dynamic_sampling: bool = field(False, help="DAPO: drop groups whose rewards all agree and refill the batch.")
+    max_resample_rounds: int = field(4, help="Dynamic sampling: at most this many extra generation rounds per step.")
+
+    # ---- optimisation ----
+    learning_rate: float = field(1e-6, help="Peak learning rate of AdamW.")
+    lr_scheduler_type: str = field("linear", help="Any transformers scheduler name (linear, cosine, constant, ...).")
+    warmup_ratio: float = field(0.0, help="Fraction of optimizer steps spent warming up.")
+    weight_decay: float = field(0.0, help="AdamW weight decay.")
+    adam_beta1: float = field(0.9, help="AdamW beta1.")
+    adam_beta2: float = field(0.99, help="AdamW beta2.")
+    max_grad_norm: float = field(1.0, help="Gradient clipping norm; a non-finite norm skips the step.")
+    max_steps: int = field(-1, help="Training steps (each: one generation batch); -1 = from num_train_epochs.")
+    num_train_epochs: float = field(1.0, help="Passes over the prompts, when max_steps is -1.")
+    per_device_train_batch_size: int = field(8, help="Completions per micro-batch per device (TRL's meaning).")
+    gradient_accumulation_steps: int = field(1, help="Micro-batches per optimizer step.")
+    seed: int = field(42, help="Seed for data order, sampling and initialisation.")
+
+    # ---- outputs ----
+    output_dir: str = field("outputs/grpo", help="Where metrics, completions, checkpoints and the model go.")
+    save_steps: int = field(100, help="Checkpoint every this many steps (0 = only at the end).")
+    save_total_limit: int | None = field(None, help="Keep only this many checkpoints.")
+    logging_steps: int = field(1, help="Log metrics every this many steps.")
+    report_to: list[str] = field(["none"], help="none, tensorboard, wandb or trackio.")
+    log_completions: bool = field(True, help="Write prompts, completions, rewards and advantages per step.")
+    resume_from_checkpoint: str | None = field(None, help="A checkpoint folder, or true for the latest in output_dir.")
+    disable_tqdm: bool = field(False, help="Hide the progress bar.")
+
+    def __post_init__(self):
+        def need(cond: bool, name: str, msg: str):
+            if not cond:
+                raise ValueError(f"'{name}' {msg}, got {getattr(self, name)!r}")
+
+        need(self.loss_type in LOSS_TYPES, "loss_type", f"must be one of {list(LOSS_TYPES)}")
+        if isinstance(self.scale_rewards, bool) or self.scale_rewards in ("true", "false", "True", "False"):
+            self.scale_rewards = "group" if str(self.scale_rewards).lower() == "true" else "none"
+        need(self.scale_rewards in SCALES, "scale_rewards", f"must be one of {list(SCALES)} (or true/false)")
+        need(self.kl_estimator in ("k1", "k2", "k3"), "kl_estimator", "must be k1, k2 or k3")
+        need(self.template in ("r1_zero", "chat"), "template", "must be r1_zero or chat")
+        need(self.num_generations >= 1, "num_generations", "must be >= 1")
+        need(self.per_device_train_batch_size >= 1, "per_device_train_batch_size", "must be >= 1")
+        need(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps", "must be >= 1")
+        need(self.num_iterations >= 1, "num_iterations", "must be >= 1")
+        need(self.max_completion_length >= 1, "max_completion_length", "must be >= 1")
+        need(self.max_prompt_length >= 1, "max_prompt_length", "must be >= 1")
+        need(self.temperature >= 0, "temperature", "must be >= 0")
+        need(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
+        need(self.beta >= 0, "beta", "must be >= 0")
+        need(self.epsilon >= 0, "epsilon", "must be >= 0")
+        need(self.learning_rate >= 0, "learning_rate", "must be >= 0")
+        need(self.max_steps != 0, "max_steps", "must be positive or -1")
+        need(self.logging_steps >= 1, "logging_steps", "must be >= 1")
+        need(self.save_total_limit is None or self.save_total_limit >= 1, "save_total_limit", "must be >= 1")
+        need(len(self.reward_funcs) >= 1, "reward_funcs", "must name at least one reward function")
+        need(
+            self.reward_weights is None or len(self.reward_weights) == len(self.reward_funcs),
+            "reward_weights", f"must have one weight per reward function ({len(self.reward_funcs)})",
+        )
+        need(self.batch_size % self.num_generations == 0, "per_device_train_batch_size",
+             f"x gradient_accumulation_steps ({self.batch_size}) must be a multiple of "
+             f"num_generations ({self.num_generations}) so every group is whole")
+
+    @property
+    def batch_size(self) -> int:
+        """Completions per step on one device: micro-batch size x accumulation steps."""
+        return self.per_device_train_batch_size * self.gradient_accumulation_steps
