@@ -1,0 +1,134 @@
+"""Memory-lean per-token log-probabilities and entropies from logits.
+
+A full-vocabulary fp32 log-softmax of [B, T, V] logits is huge (B*T = 16k rows of a 152k vocabulary
+is ~10 GB). Everything here works on chunks of ``chunk_size`` rows of the flattened [B*T, V]
+logits, in fp32 per chunk (so bf16 logits are fine), via
+
+    log softmax(z / tau)[y] = z_y / tau - logsumexp(z / tau)
+
+``selective_log_softmax`` is a custom autograd function: forward keeps only the per-row logsumexp
+[B*T]; backward recomputes each chunk's softmax and writes the gradient
+d logp_y / d z = (onehot(y) - softmax(z / tau)) / tau  chunk by chunk. So no fp32 [B, T, V] copy is
+held for backward either (plain autograd would keep every chunk's fp32 copy alive until backward).
+Only first-order gradients are supported.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["selective_log_softmax", "entropy_from_logits", "masked_mean", "DEFAULT_CHUNK_SIZE"]
+
+# 1024 rows x 152k vocabulary x 4 bytes ~ 0.6 GB of fp32 scratch per chunk.
+DEFAULT_CHUNK_SIZE = 1024
+
+
+def _check(temperature: float, chunk_size: int) -> None:
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+
+
+def _scaled_fp32(chunk: Tensor, temperature: float) -> Tensor:
+    """fp32 copy of a [C, V] logits chunk divided by the temperature (new tensor; safe to mutate)."""
+    x = chunk.to(torch.float32, copy=True)  # [C, V]
+    if temperature != 1.0:
+        x.div_(temperature)  # [C, V]
+    return x  # [C, V]
+
+
+class _SelectiveLogSoftmax(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits: Tensor, index: Tensor, temperature: float, chunk_size: int) -> Tensor:
+        flat = logits.reshape(-1, logits.shape[-1])  # [R, V], R = B*T
+        idx = index.reshape(-1, 1)  # [R, 1]
+        out = torch.empty(flat.shape[0], dtype=torch.float32, device=logits.device)  # [R]
+        lse = torch.empty_like(out)  # [R]
+        for s in range(0, flat.shape[0], chunk_size):
+            x = _scaled_fp32(flat[s : s + chunk_size], temperature)  # [C, V]
+            lse[s : s + chunk_size] = torch.logsumexp(x, dim=-1)  # [C]
+            picked = x.gather(-1, idx[s : s + chunk_size]).squeeze(-1)  # [C]
+            out[s : s + chunk_size] = picked - lse[s : s + chunk_size]  # [C]
+        ctx.save_for_backward(logits, index, lse)
+        ctx.temperature = temperature
+        ctx.chunk_size = chunk_size
+        return out.view(index.shape)  # [B, T]
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        logits, index, lse = ctx.saved_tensors  # [B, T, V], [B, T], [R]
+        tau, chunk_size = ctx.temperature, ctx.chunk_size
+        flat = logits.reshape(-1, logits.shape[-1])  # [R, V]
+        idx = index.reshape(-1, 1)  # [R, 1]
+        g = grad_out.reshape(-1, 1).to(torch.float32)  # [R, 1]
+        grad = torch.empty(flat.shape, dtype=logits.dtype, device=logits.device)  # [R, V]
+        for s in range(0, flat.shape[0], chunk_size):
+            e = s + chunk_size
+            p = _scaled_fp32(flat[s:e], tau).sub_(lse[s:e, None]).exp_()  # [C, V] softmax
+            gc = p.mul_(-g[s:e])  # [C, V] -g * softmax
+            gc.scatter_add_(-1, idx[s:e], g[s:e])  # [C, V] + g * onehot(y)
+            if tau != 1.0:
+                gc.div_(tau)  # [C, V]
+            grad[s:e] = gc  # [C, V] cast to the logits' dtype
+        return grad.view(logits.shape), None, None, None  # [B, T, V]
+
+
+def selective_log_softmax(
+    logits: Tensor,
+    index: Tensor,
+    temperature: float = 1.0,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> Tensor:
+    """fp32 [B, T]: log softmax(logits / temperature) gathered at ``index``.
+
+    Equals ``torch.log_softmax(logits.float() / temperature, -1).gather(-1, index[..., None])
+    .squeeze(-1)`` without materialising the [B, T, V] fp32 log-softmax; differentiable w.r.t.
+    ``logits`` (first order). Any leading shape works: logits [..., V], index [...].
+
+    The temperature must be the sampling temperature, so that these log-probs match the rollout's
+    (design.md: ``Completion.logprobs`` are under softmax(logits / temperature)).
+    """
+    _check(temperature, chunk_size)
+    if logits.shape[:-1] != index.shape:
+        raise ValueError(
+            f"index shape {tuple(index.shape)} must equal logits shape without the vocabulary "
+            f"dimension {tuple(logits.shape[:-1])}"
+        )
+    return _SelectiveLogSoftmax.apply(logits, index.long(), float(temperature), chunk_size)  # [B, T]
+
+
+@torch.no_grad()
+def entropy_from_logits(
+    logits: Tensor,
+    temperature: float = 1.0,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> Tensor:
+    """fp32 [B, T]: entropy H = logsumexp(z) - sum_v softmax(z)_v z_v of softmax(logits / tau).
+
+    A metric only: computed under ``torch.no_grad`` (the result has no grad), chunked like
+    :func:`selective_log_softmax`.
+    """
+    _check(temperature, chunk_size)
+    flat = logits.reshape(-1, logits.shape[-1])  # [R, V]
+    out = torch.empty(flat.shape[0], dtype=torch.float32, device=logits.device)  # [R]
+    for s in range(0, flat.shape[0], chunk_size):
+        x = _scaled_fp32(flat[s : s + chunk_size], temperature)  # [C, V]
+        lse = torch.logsumexp(x, dim=-1)  # [C]
+        p = torch.softmax(x, dim=-1)  # [C, V]
+        out[s : s + chunk_size] = lse - (p * x).sum(dim=-1)  # [C]
+    return out.view(logits.shape[:-1])  # [B, T]
+
+
+def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+    """Mean of ``x`` over entries where ``mask`` is nonzero (mask values act as weights).
+
+    Never divides by zero: where the mask is empty the result is 0 (with a defined, zero gradient).
+    Values of ``x`` outside the mask are ignored even if they are NaN or inf.
+    """
+    m = mask.to(x.dtype) if x.is_floating_point() else mask.float()  # [B, T]
+    xm = torch.where(m != 0, x, torch.zeros_like(x)) * m  # [B, T]
+    num = xm.sum() if dim is None else xm.sum(dim=dim)  # [] or reduced
+    den = m.sum() if dim is None else m.sum(dim=dim)  # [] or reduced
+    return num / torch.where(den != 0, den, torch.ones_like(den))  # [] or reduced
