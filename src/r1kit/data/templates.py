@@ -1,0 +1,117 @@
+"""Turn a dataset prompt into the text the policy model continues.
+
+Two templates:
+- `r1_zero`: the DeepSeek-R1-Zero prompt (paper, Table 1) around the question, ending with
+  "Assistant:". No chat template is involved, so it works with base models.
+- `chat`: the tokenizer's own chat template with the generation prompt added, for instruct models.
+A custom template string containing `{prompt}` is also accepted.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+R1_ZERO_TEMPLATE = (
+    "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
+    "The assistant first thinks about the reasoning process in the mind and then provides the user with "
+    "the answer. The reasoning process and answer are enclosed within <think> </think> and "
+    "<answer> </answer> tags, respectively, i.e., <think> reasoning process here </think> "
+    "<answer> answer here </answer>. User: {prompt}. Assistant:"
+)
+
+TEMPLATES = ("r1_zero", "chat")
+
+NO_CHAT_TEMPLATE_MESSAGE = (
+    "tokenizer has no chat template; use template: r1_zero or a tokenizer with one "
+    "(the prompt is a conversation, which needs a chat template to become text)"
+)
+
+
+def is_conversation(prompt: Any) -> bool:
+    """True for a list of {role, content} messages."""
+    return isinstance(prompt, (list, tuple)) and all(
+        isinstance(m, Mapping) and "role" in m and "content" in m for m in prompt
+    )
+
+
+def _last_user_content(messages: Sequence[Mapping[str, Any]]) -> str:
+    for message in reversed(messages):
+        if message["role"] == "user":
+            return message["content"]
+    raise ValueError("the conversation has no 'user' message to place in the r1_zero template")
+
+
+def _has_chat_template(tokenizer) -> bool:
+    return tokenizer is not None and bool(getattr(tokenizer, "chat_template", None))
+
+
+def _plain_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict]:
+    # Arrow turns lists of dicts into dicts with every key seen in the column (missing ones None);
+    # drop those None extras so chat templates do not see e.g. a "name": None field.
+    return [{k: v for k, v in m.items() if v is not None or k in ("role", "content")} for m in messages]
+
+
+def render_prompt(prompt: str | Sequence[Mapping[str, Any]], tokenizer=None, template: str = "r1_zero",
+                  system_prompt: str | None = None) -> str:
+    """Render a dataset prompt (a string or a conversation) as the text the model continues.
+
+    - `r1_zero`: the string, or the last user message of a conversation, put into
+      `R1_ZERO_TEMPLATE`. `tokenizer` may be None. `system_prompt` is not allowed (the template is
+      the instruction).
+    - `chat`: `tokenizer.apply_chat_template(..., add_generation_prompt=True)`; a string prompt
+      becomes one user message, preceded by a system message when `system_prompt` is given (a
+      conversation keeps its own system message if it has one). A string prompt with a tokenizer
+      without a chat template is returned as is; a conversation then raises ValueError.
+    - any other string containing `{prompt}`: a custom template filled like `r1_zero`.
+    """
+    conversation = is_conversation(prompt)
+    if not conversation and not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a string or a list of {{role, content}} messages, got {type(prompt).__name__}")
+
+    if template == "chat":
+        return _render_chat(prompt, tokenizer, system_prompt, conversation)
+
+    if template == "r1_zero":
+        template_text = R1_ZERO_TEMPLATE
+    elif "{prompt}" in template:
+        template_text = template
+    else:
+        raise ValueError(f"unknown template {template!r}; use one of {TEMPLATES} or a string containing '{{prompt}}'")
+    if system_prompt is not None:
+        raise ValueError(
+            f"system_prompt is only used with template 'chat'; the {template if template in TEMPLATES else 'custom'} "
+            "template is itself the instruction (put extra text into a custom template instead)"
+        )
+    question = _last_user_content(prompt) if conversation else prompt
+    # str.replace, not str.format: questions often contain braces (sets, LaTeX, code).
+    return template_text.replace("{prompt}", question)
+
+
+def _render_chat(prompt, tokenizer, system_prompt: str | None, conversation: bool) -> str:
+    if tokenizer is None:
+        raise ValueError("template 'chat' needs a tokenizer")
+    if not _has_chat_template(tokenizer):
+        if conversation:
+            raise ValueError(NO_CHAT_TEMPLATE_MESSAGE)
+        if system_prompt is not None:
+            raise ValueError(
+                "tokenizer has no chat template, so system_prompt cannot be applied; "
+                "use template: r1_zero or a tokenizer with a chat template"
+            )
+        return prompt  # a plain-text prompt for a tokenizer without chat template is used as is
+    messages = _plain_messages(prompt) if conversation else [{"role": "user", "content": prompt}]
+    if system_prompt is not None and not any(m["role"] == "system" for m in messages):
+        messages = [{"role": "system", "content": system_prompt}] + messages
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    if not isinstance(text, str):  # some versions return a list for batched input
+        raise TypeError(f"apply_chat_template returned {type(text).__name__}, expected str")
+    return text
+
+
+def prompt_ends_with_think(text: str) -> bool:
+    """True when the rendered prompt already opens a `<think>` block (R1-distill chat templates do).
+
+    Format rewards must then not require the completion to start with `<think>`: the trainer can
+    prepend "<think>" to completions before scoring them.
+    """
+    return text.rstrip().endswith("<think>")

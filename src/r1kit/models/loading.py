@@ -1,0 +1,216 @@
+"""Load a policy model and its tokenizer (folder, hub id, GGUF file, tiny local model), optionally
+wrapped with LoRA, and save it back as a plain transformers folder.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+TINY_PREFIX = "r1kit:tiny"
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+LORA_DEFAULTS = {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"}
+_LORA_ALIASES = {"lora_alpha": "alpha", "lora_dropout": "dropout", "rank": "r"}
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
+
+
+class ModelLoadError(ValueError):
+    """A model or tokenizer cannot be loaded; the message says which path and why."""
+
+
+def _torch_dtype(dtype: str):
+    import torch
+
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; use one of {DTYPES}")
+    return "auto" if dtype == "auto" else getattr(torch, dtype)
+
+
+def _looks_like_local_path(name: str) -> bool:
+    # Hub ids are "name" or "org/name"; anything else that is not on disk is a missing local path.
+    return name.startswith((".", "/", "~")) or name.endswith(".gguf") or name.count("/") > 1 or "\\" in name
+
+
+def _resolve(name_or_path: str, gguf_file: str | None) -> tuple[str, str | None, bool]:
+    """(folder or hub id, gguf file name or None, is_local)."""
+    expanded = os.path.expanduser(name_or_path)
+    path = Path(expanded)
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise ModelLoadError(f"{name_or_path}: a file that is not a .gguf; pass a model folder, a hub id or a .gguf file")
+        return str(path.parent), path.name, True
+    if path.is_dir():
+        if gguf_file is not None:
+            if not (path / gguf_file).is_file():
+                raise ModelLoadError(f"{path / gguf_file}: GGUF file not found")
+            return str(path), gguf_file, True
+        if not (path / "config.json").is_file():
+            ggufs = sorted(p.name for p in path.glob("*.gguf"))
+            if len(ggufs) == 1:
+                return str(path), ggufs[0], True
+            hint = f"; it holds GGUF files {ggufs}: pass one as the path" if ggufs else ""
+            raise ModelLoadError(f"{path}: no config.json, so not a saved transformers model{hint}")
+        return str(path), None, True
+    if _looks_like_local_path(name_or_path):
+        raise ModelLoadError(f"{name_or_path}: no such file or folder")
+    return name_or_path, gguf_file, False  # a hub id
+
+
+def _check_tokenizer_folder(folder: str) -> None:
+    if not any((Path(folder) / f).is_file() for f in _TOKENIZER_FILES):
+        raise ModelLoadError(
+            f"{folder}: no tokenizer files ({', '.join(_TOKENIZER_FILES)}); save the tokenizer there "
+            "or pass tokenizer_name_or_path"
+        )
+
+
+def _load_tokenizer(name: str, gguf_file: str | None, is_local: bool, trust_remote_code: bool):
+    from transformers import AutoTokenizer
+
+    if is_local and gguf_file is None:
+        _check_tokenizer_folder(name)
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if gguf_file is not None:
+        kwargs["gguf_file"] = gguf_file
+    try:
+        return AutoTokenizer.from_pretrained(name, **kwargs)
+    except (OSError, ValueError) as e:
+        where = os.path.join(name, gguf_file) if gguf_file else name
+        raise ModelLoadError(f"{where}: cannot load the tokenizer ({e})") from e
+
+
+def _load_model(name: str, gguf_file: str | None, dtype, trust_remote_code: bool):
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust_remote_code}
+    if gguf_file is not None:
+        kwargs["gguf_file"] = gguf_file
+    try:
+        return AutoModelForCausalLM.from_pretrained(name, **kwargs)
+    except (OSError, ValueError) as e:
+        where = os.path.join(name, gguf_file) if gguf_file else name
+        raise ModelLoadError(f"{where}: cannot load the model ({e})") from e
+
+
+def _load_tiny(name: str):
+    from r1kit.models.tiny import build_tiny
+
+    variants = {"r1kit:tiny": False, "r1kit:tiny-chat": True}
+    if name not in variants:
+        raise ModelLoadError(f"{name}: unknown built-in model; use one of {list(variants)}")
+    return build_tiny(chat_template=variants[name])
+
+
+def _set_padding(model, tokenizer) -> None:
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ModelLoadError("the tokenizer has neither a pad token nor an EOS token to pad with")
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    gen = getattr(model, "generation_config", None)
+    if gen is not None:
+        if gen.pad_token_id is None:
+            gen.pad_token_id = tokenizer.pad_token_id
+        if gen.eos_token_id is None and tokenizer.eos_token_id is not None:
+            gen.eos_token_id = tokenizer.eos_token_id
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+
+
+def lora_config(lora: Any):
+    """A peft `LoraConfig` (task CAUSAL_LM) from a dict with r, alpha, dropout, target_modules."""
+    from peft import LoraConfig
+
+    if isinstance(lora, LoraConfig):
+        return lora
+    if not isinstance(lora, dict):
+        raise ModelLoadError(f"lora must be a dict (r, alpha, dropout, target_modules), got {type(lora).__name__}")
+    options = dict(LORA_DEFAULTS)
+    for key, value in lora.items():
+        key = _LORA_ALIASES.get(key, key)
+        if key not in LORA_DEFAULTS:
+            raise ModelLoadError(f"unknown lora option {key!r}; known: {list(LORA_DEFAULTS)}")
+        options[key] = value
+    return LoraConfig(
+        task_type="CAUSAL_LM",
+        r=int(options["r"]),
+        lora_alpha=options["alpha"],
+        lora_dropout=float(options["dropout"]),
+        target_modules=options["target_modules"],
+    )
+
+
+def load_model_and_tokenizer(
+    name_or_path: str,
+    *,
+    dtype: str = "auto",
+    device: str = "cpu",
+    tokenizer_name_or_path: str | None = None,
+    lora: dict | None = None,
+    trust_remote_code: bool = False,
+    gguf_file: str | None = None,
+):
+    """Load (model, tokenizer) for training.
+
+    `name_or_path`: a saved transformers folder, a hub id, a `.gguf` file (dequantised by
+    transformers; the tokenizer comes from the same file), a folder plus `gguf_file`, or
+    `r1kit:tiny` / `r1kit:tiny-chat` (a small random model built locally). The tokenizer pads on
+    the left and uses EOS as pad token when it has none. With `lora` the model is wrapped in a peft
+    `PeftModel` whose only trainable parameters are the LoRA ones.
+    """
+    torch_dtype = _torch_dtype(dtype)
+    if name_or_path.startswith(TINY_PREFIX):
+        model, tokenizer = _load_tiny(name_or_path)
+        if torch_dtype != "auto":
+            model = model.to(torch_dtype)
+        if tokenizer_name_or_path is not None:
+            tok_name, tok_gguf, tok_local = _resolve(tokenizer_name_or_path, None)
+            tokenizer = _load_tokenizer(tok_name, tok_gguf, tok_local, trust_remote_code)
+    else:
+        name, gguf, is_local = _resolve(name_or_path, gguf_file)
+        if tokenizer_name_or_path is None:
+            tokenizer = _load_tokenizer(name, gguf, is_local, trust_remote_code)
+        else:
+            tok_name, tok_gguf, tok_local = _resolve(tokenizer_name_or_path, None)
+            tokenizer = _load_tokenizer(tok_name, tok_gguf, tok_local, trust_remote_code)
+        model = _load_model(name, gguf, torch_dtype, trust_remote_code)
+    if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
+        raise ModelLoadError(
+            f"the tokenizer has {len(tokenizer)} tokens but the model's embedding only "
+            f"{model.get_input_embeddings().weight.shape[0]}: they do not belong together"
+        )
+    _set_padding(model, tokenizer)
+    model = model.to(device)
+    if lora is not None:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, lora_config(lora))
+    return model, tokenizer
+
+
+def is_peft_model(model) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return False
+    return isinstance(model, PeftModel)
+
+
+def save_model(model, tokenizer, out_dir: str | os.PathLike) -> None:
+    """Save `model` and `tokenizer` as a plain transformers folder (plus generation_config.json).
+
+    A LoRA `PeftModel` is merged into a copy of the base weights first (the model being trained is
+    left untouched; the copy costs one model's memory), so `AutoModelForCausalLM.from_pretrained`
+    loads the result without peft.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    to_save = copy.deepcopy(model).merge_and_unload() if is_peft_model(model) else model
+    to_save.save_pretrained(out_dir)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out_dir)
+    gen = getattr(to_save, "generation_config", None)
+    if gen is not None:
+        gen.save_pretrained(out_dir)
