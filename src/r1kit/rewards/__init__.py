@@ -1,0 +1,40 @@
+"""Rule-based rewards with TRL's signature: ``fn(prompts, completions, **columns) -> list[float | None]``.
+
+``None`` means "cannot score this row" (excluded from the weighted total), not 0. Built-ins
+(registry names): ``accuracy``, ``format``, ``tag_count``, ``soft_overlong``, ``language``.
+Use ``get_reward(name_or_import_path)`` and ``score_completions(...)``.
+
+Attributes are loaded lazily (PEP 562) so that a reward worker process, or a user who only needs
+the registry, does not import torch, sympy and math-verify up front.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "register_reward": "registry", "get_reward": "registry", "list_rewards": "registry",
+    "completion_text": "text", "prompt_text": "text", "think_content": "text",
+    "accuracy": "math", "extract_answer": "math", "extract_answer_lenient": "math",
+    "last_boxed": "math",
+    "format_reward": "format", "tag_count": "format", "soft_overlong": "format",
+    "make_format_reward": "format", "make_tag_count": "format", "overlong_penalty": "format",
+    "language_reward": "language", "make_language_reward": "language",
+    "language_mixing_rate": "language", "language_share": "language",
+    "RewardBatch": "runner", "score_completions": "runner", "reward_metrics": "runner",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'r1kit.rewards' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"r1kit.rewards.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,88 @@
+"""Reward registry: ``@register_reward(name)``, ``get_reward(name_or_import_path)``, ``list_rewards()``."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Callable
+
+RewardFn = Callable[..., list]
+
+_REGISTRY: dict[str, RewardFn] = {}
+_BUILTIN_MODULES = ("r1kit.rewards.math", "r1kit.rewards.format", "r1kit.rewards.language")
+_builtins_loaded = False
+
+
+def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
+    """Decorator: make ``fn(prompts, completions, **columns) -> list[float | None]`` available as
+    ``name``. Registering a different function under a taken name raises ``ValueError``."""
+    if not isinstance(name, str) or not name or ":" in name:
+        raise ValueError(f"invalid reward name {name!r}")
+
+    def decorator(fn: RewardFn) -> RewardFn:
+        old = _REGISTRY.get(name)
+        if old is not None and old is not fn and _qualname(old) != _qualname(fn):
+            raise ValueError(f"reward {name!r} is already registered ({_qualname(old)})")
+        _REGISTRY[name] = fn
+        return fn
+
+    return decorator
+
+
+def _qualname(fn) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+def _ensure_builtins() -> None:
+    global _builtins_loaded
+    if not _builtins_loaded:
+        for mod in _BUILTIN_MODULES:
+            importlib.import_module(mod)
+        _builtins_loaded = True
+
+
+def list_rewards() -> list[str]:
+    """Sorted names of the registered rewards (built-ins included)."""
+    _ensure_builtins()
+    return sorted(_REGISTRY)
+
+
+def _import_path(path: str) -> RewardFn | None:
+    """``pkg.module:func`` (attribute path after the colon may be dotted) or ``pkg.module.func``."""
+    if ":" in path:
+        mod_name, _, attr = path.partition(":")
+    elif "." in path:
+        mod_name, _, attr = path.rpartition(".")
+    else:
+        return None
+    try:
+        obj = importlib.import_module(mod_name)
+    except ModuleNotFoundError as e:  # the named module is missing → unknown; a broken import raises
+        if e.name and (mod_name == e.name or mod_name.startswith(e.name + ".")):
+            return None
+        raise
+    for part in attr.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def get_reward(name: str | RewardFn) -> RewardFn:
+    """A registered reward by name, or a callable by import path (``"pkg.mod:fn"`` /
+    ``"pkg.mod.fn"``). A callable is returned as is. Unknown → ``ValueError`` listing known names."""
+    if callable(name):
+        return name
+    if not isinstance(name, str):
+        raise TypeError(f"reward must be a name, an import path or a callable, not {type(name).__name__}")
+    _ensure_builtins()
+    fn = _REGISTRY.get(name.strip())
+    if fn is None and ("." in name or ":" in name):
+        fn = _import_path(name.strip())
+        if fn is not None and not callable(fn):
+            raise ValueError(f"reward {name!r} resolves to a non-callable {type(fn).__name__}")
+    if fn is None:
+        raise ValueError(
+            f"unknown reward {name!r}: not a registered name and not an importable "
+            f"'pkg.module:func' path. Known rewards: {', '.join(sorted(_REGISTRY))}"
+        )
+    return fn

@@ -1,0 +1,172 @@
+"""Score a batch of completions with several reward functions; never raises for a bad function.
+
+A function that raises, returns the wrong number of values, or returns non-numbers / NaN / inf
+gets its bad values turned into ``None`` (NaN in the tensor), ``errors[name]`` raised by the
+number of rows lost, and one warning on the ``r1kit.rewards`` logger naming the function, the
+first offending row and the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+from r1kit.rewards.registry import get_reward
+
+logger = logging.getLogger("r1kit.rewards")
+
+
+@dataclass
+class RewardBatch:
+    per_func: torch.Tensor  # [N, F] float32, NaN where a function could not score a row
+    total: torch.Tensor  # [N] Σ_f w_f·r_f over the functions that scored the row; NaN if none did
+    names: list[str]
+    errors: dict[str, int] = field(default_factory=dict)  # rows lost to errors, per function
+
+
+def _default_name(spec: Any) -> str:
+    if isinstance(spec, str):
+        return spec
+    return getattr(spec, "__name__", None) or type(spec).__name__
+
+
+def _unique(names: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
+    return out
+
+
+def _as_float(value: Any) -> tuple[float, str | None]:
+    """(value, None) for a usable number or ``None`` (→ NaN); (nan, reason) for a bad one."""
+    if value is None:
+        return math.nan, None
+    if isinstance(value, (str, bytes)):
+        return math.nan, f"non-number {value!r:.60}"
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
+        value = value.item()  # 0-d tensors / numpy scalars
+    if not isinstance(value, numbers.Real):
+        return math.nan, f"non-number of type {type(value).__name__}"
+    x = float(value)
+    if not math.isfinite(x):
+        return math.nan, f"non-finite value {x}"
+    return x, None
+
+
+def _check(name: str, out: Any, n: int) -> tuple[list[float], int, str | None]:
+    """Validate one function's output → (n floats with NaN, rows lost, log message or None)."""
+    if hasattr(out, "tolist") and not isinstance(out, (list, tuple)):
+        out = out.tolist()
+    if out is None or isinstance(out, (str, bytes, dict)) or not hasattr(out, "__len__"):
+        return [math.nan] * n, n, f"reward {name!r} returned {type(out).__name__}, not a list (row 0)"
+    if len(out) != n:
+        return [math.nan] * n, n, f"reward {name!r} returned {len(out)} values for {n} completions (row 0)"
+    values, bad, first = [], 0, None
+    for i, v in enumerate(out):
+        x, reason = _as_float(v)
+        if reason is not None:
+            bad += 1
+            if first is None:
+                first = f"reward {name!r}: row {i}: {reason}"
+        values.append(x)
+    if bad:
+        first += f" ({bad} of {n} rows unusable)"
+    return values, bad, first
+
+
+def score_completions(
+    funcs: Sequence[Callable | str],
+    weights: Sequence[float] | None,
+    prompts: Sequence[Any] | None,
+    completions: Sequence[Any],
+    columns: dict[str, Any] | None = None,
+    names: Sequence[str] | None = None,
+    timeout_s: float | None = None,
+) -> RewardBatch:
+    """Call each reward ``fn(prompts, completions, **columns)`` and collect a :class:`RewardBatch`.
+
+    ``funcs``: callables, registry names or import paths (resolved with ``get_reward``; an
+    unknown name is a configuration error and raises ``ValueError``). ``weights``: one per
+    function (``None`` = all 1.0). ``names`` default to the names given / the functions'
+    ``__name__`` (duplicates get ``_2``, ``_3``…).
+
+    ``timeout_s``: when set, each function runs in a separate worker process (``spawn``) and is
+    killed if it has not answered within ``timeout_s`` seconds; its values for the batch become
+    ``None``. On that path the functions and the batch must be picklable: registered rewards,
+    import paths, module-level functions and instances of module-level classes are; lambdas and
+    closures are not (they are reported as errors). ``None`` (default): called in-process.
+    """
+    funcs = list(funcs)
+    fns = [get_reward(f) for f in funcs]
+    n_f, n = len(fns), len(completions)
+    weights = [1.0] * n_f if weights is None else [float(w) for w in weights]
+    if len(weights) != n_f:
+        raise ValueError(f"{len(weights)} weights for {n_f} reward functions")
+    names = _unique(list(names) if names is not None else [_default_name(f) for f in funcs])
+    if len(names) != n_f:
+        raise ValueError(f"{len(names)} names for {n_f} reward functions")
+    columns = dict(columns or {})
+
+    per_func = torch.full((n, n_f), math.nan, dtype=torch.float32)
+    errors = {name: 0 for name in names}
+    for f, (fn, name) in enumerate(zip(fns, names)):
+        if timeout_s is None:
+            try:
+                out = fn(prompts, completions, **columns)
+            except Exception as exc:
+                out, status = None, f"reward {name!r} raised {type(exc).__name__}: {exc} (row 0; whole batch of {n})"
+            else:
+                status = None
+        else:
+            from r1kit.rewards._worker import run_with_deadline
+
+            kind, payload = run_with_deadline(fn, prompts, completions, columns, timeout_s)
+            out, status = (payload, None) if kind == "ok" else (None, (
+                f"reward {name!r} passed its {timeout_s:g} s deadline; worker killed (row 0; whole batch of {n})"
+                if kind == "timeout" else f"reward {name!r} failed in the worker: {payload} (row 0; whole batch of {n})"))
+        if status is not None:
+            errors[name] += n
+            logger.warning(status)
+            continue
+        values, bad, message = _check(name, out, n)
+        if message is not None:
+            errors[name] += bad
+            logger.warning(message)
+        if n:
+            per_func[:, f] = torch.tensor(values, dtype=torch.float32)
+
+    w = torch.tensor(weights, dtype=torch.float32)
+    scored = ~torch.isnan(per_func)
+    total = (torch.nan_to_num(per_func, nan=0.0) * w).sum(dim=1)
+    total[~scored.any(dim=1)] = math.nan
+    return RewardBatch(per_func=per_func, total=total, names=names, errors=errors)
+
+
+def _mean_std(x: torch.Tensor) -> tuple[float, float] | None:
+    x = x[~torch.isnan(x)]
+    if x.numel() == 0:
+        return None
+    return x.mean().item(), (x.std().item() if x.numel() > 1 else 0.0)
+
+
+def reward_metrics(batch: RewardBatch) -> dict[str, float]:
+    """TRL-named metrics: ``rewards/<name>/mean``, ``rewards/<name>/std`` (over the rows the
+    function scored; a function that scored no row is omitted, never NaN), ``reward`` and
+    ``reward_std`` (of ``total`` over the rows with a total; omitted when no row has one).
+    Standard deviations are unbiased (as ``torch.std``), 0.0 for a single value."""
+    metrics: dict[str, float] = {}
+    for f, name in enumerate(batch.names):
+        stats = _mean_std(batch.per_func[:, f])
+        if stats is not None:
+            metrics[f"rewards/{name}/mean"], metrics[f"rewards/{name}/std"] = stats
+    stats = _mean_std(batch.total)
+    if stats is not None:
+        metrics["reward"], metrics["reward_std"] = stats
+    return metrics
