@@ -61,6 +61,9 @@ def test_unparsable_gold_is_none(gold):
 
 def test_accuracy_without_solution_column_is_none():
     assert accuracy(["q"], ["<answer>1</answer>"]) == [None]
+    assert accuracy(["q"] * 2, ["<answer>1</answer>"] * 2, solution="1") == [1.0, 1.0]  # broadcast
+    with pytest.raises(ValueError, match="solution"):
+        accuracy(["q"] * 2, ["<answer>1</answer>"] * 2, solution=["1"])
 
 
 @pytest.mark.parametrize("huge", ["10^{10^{10}}", "9^{9^{9}}", "(10^{10})!", "10^{-10^{10}}",
@@ -263,6 +266,8 @@ def test_scorer_total_nan_when_nothing_scores():
     assert reward_metrics(b) == {}
     b = score_completions(["format"], None, ["q"], [chat(GOOD)], None, names=["fmt"])
     assert b.names == ["fmt"] and b.total.tolist() == [1.0]
+    b = score_completions(["r1kit.rewards.format:tag_count", tag_count], [1.0, 2.0], None, [GOOD], {})
+    assert b.names == ["tag_count", "tag_count_2"] and b.total.tolist() == [3.0]
 
 
 def test_scorer_timeout_kills_sleeper(caplog):

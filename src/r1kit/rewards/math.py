@@ -145,6 +145,17 @@ def _too_big(items) -> bool:
 
 
 # ----------------------------------------------------------------------------- parse / verify
+class _DropTimeoutDisabledWarning(logging.Filter):
+    """math-verify warns once that its timeout is off; off the main thread that is by design."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Timeout is disabled")
+
+
+for _name in ("math_verify.parser", "math_verify.grader"):
+    logging.getLogger(_name).addFilter(_DropTimeoutDisabledWarning())
+
+
 def _on_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 

@@ -30,8 +30,9 @@ class RewardBatch:
 
 
 def _default_name(spec: Any) -> str:
+    """A registry name as given; an import path ``pkg.mod:fn`` → ``fn``; a callable's ``__name__``."""
     if isinstance(spec, str):
-        return spec
+        return spec.strip().replace(":", ".").rsplit(".", 1)[-1]
     return getattr(spec, "__name__", None) or type(spec).__name__
 
 

@@ -83,11 +83,13 @@ def think_content(text: str) -> str:
 
 def column(columns: dict, name: str, n: int) -> list | None:
     """A per-row column from ``**kwargs``: a list of length ``n``, a scalar broadcast to ``n``
-    rows, or ``None`` when absent."""
+    rows, or ``None`` when absent. A list of another length raises ``ValueError``."""
     value = columns.get(name)
     if value is None:
         return None
     if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
         return [value] * n
     value = list(value)
-    return value if len(value) == n else None
+    if len(value) != n:
+        raise ValueError(f"column {name!r} has {len(value)} values for {n} completions")
+    return value
