@@ -10,7 +10,10 @@ from __future__ import annotations
 from typing import Iterable
 
 DEFAULT_CORPUS = [
-    "A conversation between User and Assistant. The user asks a question, and the Assistant solves it.",
+    "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
+    "The assistant first thinks about the reasoning process in the mind and then provides the user with the "
+    "answer. The reasoning process and answer are enclosed within <think> </think> and <answer> </answer> "
+    "tags, respectively, i.e., <think> reasoning process here </think> <answer> answer here </answer>.",
     "<think> 12 + 30 = 42 </think> <answer> 42 </answer>",
     "What is 17 * 3? Let me think step by step. 17 * 3 = 51. The answer is 51.",
     "Compute 245 - 78. 245 - 78 = 167. Wait, let me check: 167 + 78 = 245. Yes.",

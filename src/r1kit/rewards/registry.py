@@ -8,7 +8,7 @@ from typing import Callable
 RewardFn = Callable[..., list]
 
 _REGISTRY: dict[str, RewardFn] = {}
-_BUILTIN_MODULES = ("r1kit.rewards.math", "r1kit.rewards.format", "r1kit.rewards.language")
+_BUILTIN_MODULES = ("r1kit.rewards.math", "r1kit.rewards.format", "r1kit.rewards.language", "r1kit.rewards.code")
 _builtins_loaded = False
 
 

@@ -28,6 +28,17 @@ class RewardBatch:
     names: list[str]
     errors: dict[str, int] = field(default_factory=dict)  # rows lost to errors, per function
 
+    def concat(self, other: "RewardBatch") -> "RewardBatch":
+        """Rows of `self` then rows of `other` (same functions); error counts add up."""
+        errors = {k: self.errors.get(k, 0) + other.errors.get(k, 0) for k in {**self.errors, **other.errors}}
+        return RewardBatch(torch.cat([self.per_func, other.per_func]), torch.cat([self.total, other.total]),
+                           self.names, errors)
+
+    def select(self, idx: Sequence[int]) -> "RewardBatch":
+        """The rows `idx`, in that order (error counts are kept whole: they describe the scoring)."""
+        index = torch.as_tensor(list(idx), dtype=torch.long)  # [n]
+        return RewardBatch(self.per_func[index], self.total[index], self.names, dict(self.errors))
+
 
 def _default_name(spec: Any) -> str:
     """A registry name as given; an import path ``pkg.mod:fn`` → ``fn``; a callable's ``__name__``."""

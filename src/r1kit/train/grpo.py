@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -61,7 +62,10 @@ def train(cfg: GRPOConfig) -> Path:
     model.train()
     ref_model = reference_model(model) if cfg.beta > 0 else None
     data = prepare_data(cfg, tokenizer)
-    reward_funcs = [get_reward(name) for name in cfg.reward_funcs]
+    reward_funcs = list(cfg.reward_funcs)  # names (as metrics keys); resolved now to fail early
+    for name in reward_funcs:
+        get_reward(name)
+    isolation = sandbox_check(reward_funcs, cfg.allow_unsandboxed)
     weights = cfg.reward_weights or [1.0] * len(reward_funcs)
     prompts_per_step = cfg.batch_size // cfg.num_generations
     if len(data["prompt_ids"]) < prompts_per_step * rt.world_size:
@@ -186,6 +190,7 @@ def train(cfg: GRPOConfig) -> Path:
             "skipped_steps": state["skipped_steps"],
             **{f"reward_errors/{k}": v for k, v in state["reward_errors"].items()},
             "dynamic_sampling/rounds": rounds,
+            **({"sandbox/isolation_level": isolation} if isolation else {}),
             "timing_s/generate": timing_generate,
             "timing_s/train": timing_train,
             "timing_s/step": step_time,
@@ -249,7 +254,7 @@ def rollout_and_score(engine, sampling, rows, data, reward_funcs, weights, cfg) 
     columns = {k: [v[r] for r in row_of] for k, v in data["columns"].items()}
     columns["completion_ids"] = [c.completion_ids for c in comps]
     rewards = score_completions(reward_funcs, weights, [data["prompts"][r] for r in row_of], completions, columns,
-                                names=cfg.reward_funcs, timeout_s=cfg.reward_timeout_s)
+                                timeout_s=cfg.reward_timeout_s)
     return {"completions": comps, "rows": row_of, "rewards": rewards}
 
 
@@ -288,6 +293,17 @@ def completion_rows(comps, roll, rewards, advantages, prompt_texts) -> list[dict
              "reward": float(rewards.total[i]), "advantage": float(advantages[i]),
              **{f"rewards/{n}": per_func[i][j] for j, n in enumerate(rewards.names)}}
             for i, c in enumerate(comps)]
+
+
+def sandbox_check(reward_funcs: list[str], allow_unsandboxed: bool) -> str | None:
+    """Before any training: code rewards need a working sandbox (or an explicit opt-out)."""
+    if not any(name.split(":")[-1].split(".")[-1].startswith("code") for name in reward_funcs):
+        return None
+    from r1kit.sandbox import require_isolation
+
+    if allow_unsandboxed:
+        os.environ["R1KIT_ALLOW_UNSANDBOXED"] = "1"
+    return require_isolation(allow_unsandboxed)
 
 
 def check_resume(state: dict, cfg: GRPOConfig, fingerprint: str, ckpt: Path) -> None:

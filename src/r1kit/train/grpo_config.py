@@ -34,6 +34,7 @@ class GRPOConfig:
     # ---- rewards ----
     reward_funcs: list[str] = field(["accuracy", "format"], help="Reward function names or dotted import paths.")
     reward_weights: list[float] | None = field(None, help="One weight per reward function (default: all 1).")
+    allow_unsandboxed: bool = field(False, help="Let the code reward run model-written code without bubblewrap isolation.")
     reward_timeout_s: float | None = field(None, help="Per-call deadline for reward functions, run in a killable worker.")
 
     # ---- generation ----
