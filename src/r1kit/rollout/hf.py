@@ -1,0 +1,373 @@
+"""The transformers rollout engine: our own batched decode loop (no `model.generate`).
+
+Pipeline for `generate(prompt_ids, params)`:
+
+1. The unique prompts are left-padded into one batch; position ids start at 0 at each row's first
+   real token. The prompts are prefilled ONCE and the KV cache + last logits are then repeated
+   `n` times (rows grouped contiguously: prompt 0's n completions first).
+2. Decode loop: sample from the last logits, write the token into a preallocated output buffer,
+   feed it back through the model with the KV cache. Everything per step is vectorised on the
+   model's device; the host only looks at the batch every `check_every` steps (finish states,
+   stop strings, compaction), so there is no per-token `.item()`.
+3. Finished rows (EOS, stop string, length) are dropped from the batch and the cache ("compaction")
+   once at least `compact_frac` of the current rows have finished; the loop ends when all are done.
+
+Two decoders run the model:
+
+* `_FastDecoder` (Llama-family: llama, qwen2, qwen3, ... without sliding windows): runs the model's
+  own submodules (embedding, norms, q/k/v/o projections, MLP, rotary embedding, lm_head) by hand
+  with a preallocated KV cache written in place and torch SDPA. No per-step mask building, no cache
+  concatenation, no allocation of the growing cache. Because it calls the modules (not copies of the
+  weights) it always sees the current weights and works with wrapped projections (e.g. LoRA).
+* `_HFDecoder`: the generic fallback, `model(...)` with a transformers `DynamicCache`, explicit
+  attention mask and position ids. Used for any other architecture (or `backend="hf"`).
+
+Sampling (see `_sample`): logp = log_softmax(logits / T) in fp32; the chosen token's log-prob is read
+from this UNFILTERED distribution (what the trainer recomputes as old log-probs); then top-k and
+top-p filtering; then an exact categorical draw (exponential-race / Gumbel-max trick) with a
+`torch.Generator` seeded from `params.seed`. T == 0 is greedy, log-probs then at T = 1.
+
+Stop strings are searched incrementally in the decoded text: each check decodes only the new tokens
+plus a short look-back window (enough tokens to hold the longest stop string), so the total decode
+cost is linear in the completion length. The completion is cut right after the token that completed
+the stop string.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from r1kit.rollout.base import Completion, SamplingParams
+
+class _FastDecoder:
+    """Hand-run Llama-family decoder with a static KV cache [L, 2, B, kv_heads, max_len, head_dim]."""
+
+    @staticmethod
+    def supports(model) -> bool:
+        cfg, inner = model.config, getattr(model, "model", None)
+        if cfg.model_type not in {"llama", "qwen2", "qwen3", "mistral"} or inner is None:
+            return False
+        if not all(hasattr(inner, a) for a in ("embed_tokens", "layers", "norm", "rotary_emb")):
+            return False
+        if getattr(model, "lm_head", None) is None or getattr(cfg, "pretraining_tp", 1) > 1:
+            return False
+        for layer in inner.layers:
+            attn = layer.self_attn
+            if getattr(attn, "sliding_window", None) is not None:  # windowed layers: use the fallback
+                return False
+            if not all(hasattr(attn, a) for a in ("q_proj", "k_proj", "v_proj", "o_proj", "scaling")):
+                return False
+            if not all(hasattr(layer, a) for a in ("input_layernorm", "post_attention_layernorm", "mlp")):
+                return False
+        return True
+
+    def __init__(self, model, rows: int, max_len: int):
+        self.model, self.inner = model, model.model
+        cfg = model.config
+        self.n_heads = cfg.num_attention_heads
+        self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
+        p = next(model.parameters())
+        self.device, self.dtype = p.device, p.dtype
+        layers = len(self.inner.layers)
+        self.kv = torch.zeros(layers, 2, rows, self.n_kv, max_len, self.head_dim, device=p.device, dtype=p.dtype)
+        self.valid = torch.ones(rows, max_len, dtype=torch.bool, device=p.device)  # key columns to attend
+        # cos/sin for every position once: the per-step lookup is an index, not a recomputation
+        dummy = torch.zeros(1, device=p.device, dtype=p.dtype)
+        cos, sin = self.inner.rotary_emb(dummy, torch.arange(max_len, device=p.device)[None])
+        self.cos, self.sin = cos[0], sin[0]  # [max_len, head_dim]
+
+    @staticmethod
+    def _rope(x, cos, sin):  # same formula as transformers' apply_rotary_pos_emb
+        half = x.shape[-1] // 2
+        rot = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+        return x * cos + rot * sin
+
+    def _forward(self, ids, pos, col: int, mask):
+        """ids/pos [B, T] written at cache columns [col, col+T); mask [B, 1, T, col+T] (True = attend)."""
+        B, T = ids.shape
+        H, KV, D = self.n_heads, self.n_kv, self.head_dim
+        x = self.inner.embed_tokens(ids)
+        cos, sin = self.cos[pos].unsqueeze(1), self.sin[pos].unsqueeze(1)  # [B, 1, T, D]
+        gqa = KV != H
+        for li, layer in enumerate(self.inner.layers):
+            attn = layer.self_attn
+            h = layer.input_layernorm(x)
+            q = attn.q_proj(h).view(B, T, H, D)
+            k = attn.k_proj(h).view(B, T, KV, D)
+            v = attn.v_proj(h).view(B, T, KV, D).transpose(1, 2)
+            if getattr(attn, "q_norm", None) is not None:  # qwen3-style per-head norms
+                q, k = attn.q_norm(q), attn.k_norm(k)
+            q = self._rope(q.transpose(1, 2), cos, sin)
+            k = self._rope(k.transpose(1, 2), cos, sin)
+            kc, vc = self.kv[li, 0], self.kv[li, 1]
+            kc[:, :, col : col + T] = k
+            vc[:, :, col : col + T] = v
+            o = F.scaled_dot_product_attention(
+                q, kc[:, :, : col + T], vc[:, :, : col + T], attn_mask=mask, scale=attn.scaling, enable_gqa=gqa
+            )
+            x = x + attn.o_proj(o.transpose(1, 2).reshape(B, T, H * D))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        return self.model.lm_head(self.inner.norm(x[:, -1])).float()
+
+    def prefill(self, ids, am, pos):
+        T = ids.shape[1]
+        self.valid[: ids.shape[0], :T] = am
+        causal = torch.ones(T, T, dtype=torch.bool, device=ids.device).tril()
+        mask = causal & am[:, None, :]
+        mask |= torch.eye(T, dtype=torch.bool, device=ids.device)  # pad queries see themselves: no NaN rows
+        return self._forward(ids, pos, 0, mask[:, None])
+
+    def repeat(self, n: int):
+        self.kv = self.kv.repeat_interleave(n, dim=2)
+        self.valid = self.valid.repeat_interleave(n, dim=0)
+
+    def select(self, idx):
+        self.kv = self.kv.index_select(2, idx)
+        self.valid = self.valid.index_select(0, idx)
+
+    def step(self, tok, pos, col: int):
+        return self._forward(tok[:, None], pos[:, None], col, self.valid[:, None, None, : col + 1])
+
+
+class _HFDecoder:
+    """Generic fallback: the model's own forward with a transformers DynamicCache."""
+
+    def __init__(self, model, rows: int, max_len: int):
+        self.model, self.max_len, self.cache, self.am = model, max_len, None, None
+
+    def _call(self, ids, am, pos):
+        out = self.model(input_ids=ids, attention_mask=am, position_ids=pos, past_key_values=self.cache, use_cache=True)
+        self.cache = out.past_key_values
+        return out.logits[:, -1].float()
+
+    def prefill(self, ids, am, pos):
+        from transformers import DynamicCache
+
+        self.cache = DynamicCache(config=self.model.config)
+        self.am = torch.ones(ids.shape[0], self.max_len, dtype=torch.long, device=ids.device)
+        self.am[:, : ids.shape[1]] = am.long()
+        return self._call(ids, self.am[:, : ids.shape[1]], pos)
+
+    def repeat(self, n: int):
+        self.cache.batch_repeat_interleave(n)
+        self.am = self.am.repeat_interleave(n, dim=0)
+
+    def select(self, idx):
+        self.cache.batch_select_indices(idx)
+        self.am = self.am.index_select(0, idx)
+
+    def step(self, tok, pos, col: int):
+        return self._call(tok[:, None], self.am[:, : col + 1], pos[:, None])
+
+
+def _sample(logits, params: SamplingParams, gen):
+    """logits [B, V] fp32 -> (token [B], logp of token under softmax(logits/T) before filtering [B])."""
+    if params.temperature == 0:
+        tok = logits.argmax(-1)
+        return tok, torch.log_softmax(logits, -1).gather(1, tok[:, None]).squeeze(1)
+    logp = torch.log_softmax(logits / params.temperature, dim=-1)
+    filt = logp
+    if 0 < params.top_k < logp.shape[-1]:
+        kth = logp.topk(params.top_k, dim=-1).values[:, -1:]
+        filt = filt.masked_fill(filt < kth, float("-inf"))
+    if params.top_p < 1.0:
+        sorted_lp, order = filt.sort(dim=-1, descending=True)
+        probs = torch.softmax(sorted_lp, dim=-1)
+        drop = (probs.cumsum(-1) - probs) >= params.top_p  # keep the smallest prefix with mass >= top_p
+        filt = filt.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    # exact categorical draw: argmax p_i / E_i with E_i ~ Exp(1) (equivalent to Gumbel-max)
+    race = torch.empty_like(filt).exponential_(generator=gen)
+    tok = (filt - filt.amax(-1, keepdim=True)).exp_().div_(race).argmax(-1)
+    return tok, logp.gather(1, tok[:, None]).squeeze(1)
+
+
+class HFEngine:
+    """RolloutEngine over a transformers causal LM that it shares with the trainer.
+
+    backend: "auto" (fast hand-run decoder when the architecture supports it, else the generic one),
+    "fast" or "hf". check_every: host looks at finish states every this many steps (default 1 on CPU,
+    where a sync is free, 8 on accelerators). compact_frac: drop finished rows from the batch and the
+    cache once this fraction of the current rows has finished. eos_token_ids: override the EOS ids
+    (default: the model's generation_config, else the tokenizer's); `()` disables EOS (benchmarks).
+    """
+
+    def __init__(self, model, tokenizer, backend: str = "auto", check_every: int | None = None,
+                 compact_frac: float = 0.25, eos_token_ids=None):
+        if backend not in ("auto", "fast", "hf"):
+            raise ValueError(f"backend must be auto|fast|hf, got {backend!r}")
+        self.model, self.tokenizer, self.backend = model, tokenizer, backend
+        self.check_every, self.compact_frac = check_every, compact_frac
+        eos = eos_token_ids
+        if eos is None and getattr(model, "generation_config", None) is not None:
+            eos = model.generation_config.eos_token_id
+        if eos is None:
+            eos = tokenizer.eos_token_id
+        self.eos_ids = sorted({eos} if isinstance(eos, int) else set(eos or ()))
+        pad = tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else (self.eos_ids[0] if self.eos_ids else 0)
+
+    def update_weights(self, model) -> None:
+        """This engine shares the policy module and reads its weights at every step, so there is
+        nothing to copy: keep the reference (in case a different module object is passed). An engine
+        owning its own copy (eval copy, vLLM) would load `model.state_dict()` here instead."""
+        self.model = model
+
+    def _decoder_cls(self):
+        fast = _FastDecoder.supports(self.model)
+        if self.backend == "fast" and not fast:
+            raise ValueError(f"backend='fast' does not support model_type {self.model.config.model_type!r}")
+        return _FastDecoder if (fast and self.backend != "hf") else _HFDecoder
+
+    def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> list[Completion]:
+        if not prompt_ids:
+            return []
+        if any(len(p) == 0 for p in prompt_ids):
+            raise ValueError("empty prompt: every prompt needs at least one token")
+        model, was_training = self.model, self.model.training
+        model.eval()
+        try:
+            with torch.inference_mode():
+                rows = self._run([list(p) for p in prompt_ids], params)
+        finally:
+            model.train(was_training)
+        texts = self.tokenizer.batch_decode([r[0] for r in rows], skip_special_tokens=True)
+        n = params.n
+        return [
+            Completion(prompt_index=i // n, prompt_ids=list(prompt_ids[i // n]), completion_ids=ids,
+                       logprobs=lps, finish_reason=reason, text=text)
+            for i, ((ids, lps, reason), text) in enumerate(zip(rows, texts))
+        ]
+
+    # -- the decode loop ---------------------------------------------------------------------------
+
+    def _run(self, prompts, params: SamplingParams):
+        dev = next(self.model.parameters()).device
+        N, n, M = len(prompts), params.n, params.max_new_tokens
+        B, P = N * n, max(len(p) for p in prompts)
+        ids = torch.full((N, P), self.pad_id, dtype=torch.long)
+        am = torch.zeros(N, P, dtype=torch.bool)
+        for i, p in enumerate(prompts):
+            ids[i, P - len(p):] = torch.tensor(p, dtype=torch.long)
+            am[i, P - len(p):] = True
+        ids, am = ids.to(dev), am.to(dev)
+        pos = (am.long().cumsum(1) - 1).clamp_(min=0)
+
+        gen = torch.Generator(device=dev)
+        gen.manual_seed(params.seed) if params.seed is not None else gen.seed()
+        check_every = self.check_every or (1 if dev.type == "cpu" else 8)
+        eos = torch.tensor(self.eos_ids, dtype=torch.long, device=dev)
+
+        dec = self._decoder_cls()(self.model, N, P + M)
+        logits = dec.prefill(ids, am, pos)  # prefill the unique prompts once ...
+        if n > 1:  # ... and share their cache among the n samples
+            dec.repeat(n)
+            logits = logits.repeat_interleave(n, dim=0)
+        cur_pos = am.sum(1).repeat_interleave(n)  # position of the next token fed
+
+        out_tok = torch.empty(B, M, dtype=torch.long, device=dev)
+        out_lp = torch.empty(B, M, dtype=torch.float32, device=dev)
+        alive = torch.ones(B, dtype=torch.bool, device=dev)
+        length = torch.full((B,), M, dtype=torch.long, device=dev)  # valid tokens per row
+        reason = torch.zeros(B, dtype=torch.long, device=dev)  # 0 length, 1 eos, 2 stop
+        row_ids = list(range(B))  # current row -> output index
+        results: list = [None] * B
+        stopper = _StopScanner(self.tokenizer, params.stop, B) if params.stop else None
+        scan_rows = list(range(B))  # rows alive at the last check (need a stop-string scan)
+        c0 = 0  # first step not yet checked on the host
+
+        for s in range(M):
+            tok, lp = _sample(logits, params, gen)
+            out_tok[:, s] = tok
+            out_lp[:, s] = lp
+            if eos.numel():
+                hit = alive & torch.isin(tok, eos)
+                length = torch.where(hit, s + 1, length)
+                reason = torch.where(hit, 1, reason)
+                alive &= ~hit
+            last = s == M - 1
+            if not (last or (s + 1) % check_every == 0):
+                logits = dec.step(tok, cur_pos, P + s)
+                cur_pos += 1
+                continue
+            if stopper is not None and scan_rows:
+                stops = stopper.scan(scan_rows, [row_ids[r] for r in scan_rows], out_tok, length, c0, s + 1)
+                if stops:
+                    r_idx = torch.tensor([r for r, _ in stops], device=dev)
+                    length[r_idx] = torch.tensor([j for _, j in stops], device=dev)
+                    reason[r_idx] = 2
+                    alive[r_idx] = False
+            c0 = s + 1
+            alive_h = alive.tolist()
+            n_alive = sum(alive_h)
+            if n_alive == 0 or last:
+                break
+            if len(alive_h) - n_alive >= max(1, self.compact_frac * len(alive_h)):
+                keep = [r for r, a in enumerate(alive_h) if a]
+                self._flush([r for r, a in enumerate(alive_h) if not a], row_ids, out_tok, out_lp, length, reason, results)
+                keep_t = torch.tensor(keep, device=dev)
+                out_tok, out_lp = out_tok.index_select(0, keep_t), out_lp.index_select(0, keep_t)
+                length, reason = length.index_select(0, keep_t), reason.index_select(0, keep_t)
+                alive, tok, cur_pos = alive.index_select(0, keep_t), tok.index_select(0, keep_t), cur_pos.index_select(0, keep_t)
+                dec.select(keep_t)
+                row_ids = [row_ids[r] for r in keep]
+                alive_h = [True] * len(keep)
+            scan_rows = [r for r, a in enumerate(alive_h) if a]
+            logits = dec.step(tok, cur_pos, P + s)
+            cur_pos += 1
+        self._flush(list(range(len(row_ids))), row_ids, out_tok, out_lp, length, reason, results)
+        return results
+
+    @staticmethod
+    def _flush(rows, row_ids, out_tok, out_lp, length, reason, results):
+        if not rows:
+            return
+        idx = torch.tensor(rows, device=out_tok.device)
+        toks, lps = out_tok.index_select(0, idx).tolist(), out_lp.index_select(0, idx).tolist()
+        lens, reasons = length.index_select(0, idx).tolist(), reason.index_select(0, idx).tolist()
+        names = ("length", "eos", "stop")
+        for r, t, lp, ln, rs in zip(rows, toks, lps, lens, reasons):
+            results[row_ids[r]] = (t[:ln], lp[:ln], names[rs])
+
+
+class _StopScanner:
+    """Incremental stop-string search over each row's decoded text (look-back window, linear cost)."""
+
+    def __init__(self, tokenizer, stops, rows: int):
+        self.tokenizer, self.stops = tokenizer, tuple(stops)
+        # each token decodes to >= 1 byte, so a stop string spans at most len(bytes) tokens; +4 covers
+        # a multi-byte character split at the window's start
+        self.window = max(len(s.encode("utf-8")) for s in self.stops) + 4
+        self.hist: list[list[int]] = [[] for _ in range(rows)]  # tokens per output row (host copy)
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is not None:
+            self._decode = lambda seqs: backend.decode_batch(seqs, skip_special_tokens=True)
+        else:
+            self._decode = lambda seqs: [tokenizer.decode(q, skip_special_tokens=True) for q in seqs]
+
+    def _hit(self, text: str) -> bool:
+        return any(s in text for s in self.stops)
+
+    def scan(self, rows, outs, out_tok, length, c0: int, c1: int):
+        """Scan steps [c0, c1) of current `rows` (output indices `outs`); return [(row, new_length)]."""
+        idx = torch.tensor(rows, device=out_tok.device)
+        new = out_tok.index_select(0, idx)[:, c0:c1].tolist()
+        lens = length.index_select(0, idx).tolist()
+        W, windows, spans = self.window, [], []
+        for o, toks, ln in zip(outs, new, lens):
+            end = min(c1, ln)
+            h = self.hist[o]
+            h.extend(toks[: max(0, end - c0)])
+            windows.append(h[max(0, c0 - W): end])
+            spans.append(end)
+        found = []
+        for r, o, text, end in zip(rows, outs, self._decode(windows), spans):
+            if end <= c0 or not self._hit(text):
+                continue
+            h = self.hist[o]
+            for j in range(c0, end):  # exact token that completes the stop string (rare path)
+                if self._hit(self._decode([h[max(0, j + 1 - W): j + 1]])[0]):
+                    found.append((r, j + 1))
+                    break
+        return found

@@ -1,0 +1,223 @@
+"""r1kit.rollout: the HF engine's own decode loop against transformers and against first principles."""
+
+import pytest
+import torch
+
+from r1kit.models.tiny import build_model, build_tokenizer
+from r1kit.rollout import Completion, RolloutEngine, SamplingParams, make_engine
+from r1kit.rollout.hf import HFEngine
+
+TEXTS = ["What is 17 * 3?", "Hi", "Compute 245 - 78. Let me check", "<think> 9 + 8 ="]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tokenizer()
+
+
+def _sharpen(model, seed=0):
+    """Re-draw the weights with unit-scale init: random tiny models otherwise repeat one token."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2:
+                p.copy_(torch.randn(p.shape, generator=g) * (0.4 if "embed" in name else p.shape[1] ** -0.5))
+    return model
+
+
+def _model(tok, arch="qwen2", seed=0, **kw):
+    return _sharpen(build_model(tok, arch=arch, seed=seed, **kw), seed=seed).eval()
+
+
+@pytest.fixture(scope="module")
+def qwen(tok):
+    return _model(tok)
+
+
+@pytest.fixture(scope="module")
+def prompts(tok):
+    return [tok(t).input_ids for t in TEXTS]
+
+
+def _eos_bias(model, tok, bias):
+    """Push EOS up by `bias` logits (a hook on lm_head: seen by generate, the engine and forward)."""
+    def hook(_m, _i, out):
+        out = out.clone()
+        out[..., tok.eos_token_id] += bias
+        return out
+    return model.lm_head.register_forward_hook(hook)
+
+
+def _reference_greedy(model, tok, prompts, max_new):
+    """transformers' greedy decode of the left-padded batch, each row cut after its first EOS."""
+    enc = tok.pad({"input_ids": prompts}, return_tensors="pt")
+    with torch.inference_mode():
+        out = model.generate(**enc, do_sample=False, max_new_tokens=max_new, pad_token_id=tok.pad_token_id)
+    rows = []
+    for r in out[:, enc.input_ids.shape[1]:].tolist():
+        rows.append(r[: r.index(tok.eos_token_id) + 1] if tok.eos_token_id in r else r)
+    return rows
+
+
+def _full_forward_logprobs(model, c: Completion, temperature: float):
+    ids = torch.tensor([c.prompt_ids + c.completion_ids])
+    with torch.inference_mode():
+        logits = model(input_ids=ids).logits[0, len(c.prompt_ids) - 1 : -1].float()
+    lp = torch.log_softmax(logits / temperature, -1)
+    return lp.gather(1, torch.tensor(c.completion_ids)[:, None]).squeeze(1)
+
+
+def test_contract(qwen, tok):
+    eng = make_engine("hf", qwen, tok)
+    assert isinstance(eng, HFEngine) and isinstance(eng, RolloutEngine)
+    with pytest.raises(ValueError):
+        make_engine("nope", qwen, tok)
+    assert SamplingParams(stop="x").stop == ("x",)
+    with pytest.raises(ValueError):
+        SamplingParams(top_p=0.0)
+    assert eng.generate([], SamplingParams()) == []
+
+
+@pytest.mark.parametrize("backend", ["fast", "hf"])
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+def test_greedy_matches_generate(tok, prompts, arch, backend):
+    model = _model(tok, arch=arch, num_kv_heads=2)  # GQA too
+    ref = _reference_greedy(model, tok, prompts, 24)
+    out = make_engine("hf", model, tok, backend=backend).generate(prompts, SamplingParams(max_new_tokens=24, temperature=0))
+    assert [c.completion_ids for c in out] == ref
+    assert len({tuple(r) for r in ref}) == len(ref)  # the rows differ: the comparison means something
+    for c in out:
+        assert c.finish_reason == ("eos" if c.completion_ids[-1] == tok.eos_token_id else "length")
+        assert c.text == tok.decode(c.completion_ids, skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("check_every", [1, 3])
+def test_greedy_with_eos_and_compaction_matches_generate(qwen, tok, prompts, check_every):
+    many = prompts + [p[:-1] for p in prompts if len(p) > 1] + [p + p[:2] for p in prompts]
+    handle = _eos_bias(qwen, tok, 8.0)  # rows reach EOS at different steps
+    try:
+        ref = _reference_greedy(qwen, tok, many, 20)
+        eng = make_engine("hf", qwen, tok, check_every=check_every, compact_frac=0.1)
+        out = eng.generate(many, SamplingParams(max_new_tokens=20, temperature=0))
+    finally:
+        handle.remove()
+    assert [c.completion_ids for c in out] == ref
+    reasons = [c.finish_reason for c in out]
+    assert "eos" in reasons and "length" in reasons  # compaction actually happened mid-run
+    for c in out:
+        if c.finish_reason == "eos":
+            assert c.completion_ids.index(tok.eos_token_id) == len(c.completion_ids) - 1
+            assert "<|endoftext|>" not in c.text
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+def test_sampled_logprobs_match_full_forward(tok, prompts, arch):
+    model = _model(tok, arch=arch)
+    params = SamplingParams(n=3, max_new_tokens=12, temperature=0.7, top_k=40, top_p=0.9, seed=1)
+    out = make_engine("hf", model, tok).generate(prompts, params)
+    for c in out:
+        ref = _full_forward_logprobs(model, c, params.temperature)
+        assert torch.allclose(torch.tensor(c.logprobs), ref, atol=1e-5, rtol=0), (c.logprobs, ref)
+
+
+def test_logprobs_are_before_filtering(qwen, tok, prompts):
+    # top_k=1 draws the argmax (= greedy) but the log-probs are under the unfiltered tempered softmax
+    greedy = make_engine("hf", qwen, tok).generate(prompts, SamplingParams(max_new_tokens=10, temperature=0))
+    topk1 = make_engine("hf", qwen, tok).generate(prompts, SamplingParams(max_new_tokens=10, temperature=0.8, top_k=1, seed=3))
+    assert [c.completion_ids for c in topk1] == [c.completion_ids for c in greedy]
+    for c in topk1:
+        assert all(lp < 0 for lp in c.logprobs)  # not log(1) from the filtered distribution
+        assert torch.allclose(torch.tensor(c.logprobs), _full_forward_logprobs(qwen, c, 0.8), atol=1e-5, rtol=0)
+    for c in greedy:  # greedy log-probs are at temperature 1
+        assert torch.allclose(torch.tensor(c.logprobs), _full_forward_logprobs(qwen, c, 1.0), atol=1e-5, rtol=0)
+
+
+def test_seed_determinism_and_grouping(qwen, tok, prompts):
+    eng = make_engine("hf", qwen, tok)
+    params = SamplingParams(n=4, max_new_tokens=16, temperature=1.0, seed=123)
+    a, b = eng.generate(prompts, params), eng.generate(prompts, params)
+    c = eng.generate(prompts, SamplingParams(n=4, max_new_tokens=16, temperature=1.0, seed=124))
+    ids = lambda outs: [x.completion_ids for x in outs]  # noqa: E731
+    assert ids(a) == ids(b) and [x.logprobs for x in a] == [x.logprobs for x in b]
+    assert ids(a) != ids(c)
+    assert len(a) == len(prompts) * 4
+    for i, x in enumerate(a):
+        assert x.prompt_index == i // 4 and x.prompt_ids == prompts[i // 4]
+    # the n samples of one prompt are different draws, not copies
+    assert len({tuple(x.completion_ids) for x in a[:4]}) > 1
+
+
+def test_max_new_tokens(qwen, tok, prompts):
+    out = make_engine("hf", qwen, tok, eos_token_ids=()).generate(prompts, SamplingParams(n=2, max_new_tokens=7, seed=0))
+    assert all(len(c.completion_ids) == len(c.logprobs) == 7 and c.finish_reason == "length" for c in out)
+
+
+def test_sampled_eos(qwen, tok, prompts):
+    handle = _eos_bias(qwen, tok, 6.0)
+    try:
+        out = make_engine("hf", qwen, tok).generate(prompts, SamplingParams(n=4, max_new_tokens=30, seed=5))
+    finally:
+        handle.remove()
+    eos = [c for c in out if c.finish_reason == "eos"]
+    assert eos and len(eos) < len(out)
+    for c in out:
+        assert len(c.completion_ids) == len(c.logprobs) <= 30
+        assert (tok.eos_token_id in c.completion_ids) == (c.finish_reason == "eos")
+        if c.finish_reason == "eos":
+            assert c.completion_ids[-1] == tok.eos_token_id
+        else:
+            assert len(c.completion_ids) == 30
+
+
+def test_stop_string_greedy_exact(qwen, tok, prompts):
+    eng = make_engine("hf", qwen, tok, eos_token_ids=())
+    free = eng.generate(prompts, SamplingParams(max_new_tokens=24, temperature=0))
+    ids = free[2].completion_ids
+    stop = tok.decode(ids[5:7])  # a stop string that this greedy completion certainly produces
+    # expected cut: the first token after which the decoded text contains the stop string
+    cut = next(j + 1 for j in range(len(ids)) if stop in tok.decode(ids[: j + 1]))
+    for check_every in (1, 4):
+        eng = make_engine("hf", qwen, tok, eos_token_ids=(), check_every=check_every)
+        out = eng.generate(prompts, SamplingParams(max_new_tokens=24, temperature=0, stop=(stop, "\x00never")))
+        assert out[2].completion_ids == ids[:cut] and out[2].finish_reason == "stop"
+        assert out[2].text.endswith(stop) or stop in out[2].text
+        for f, c in zip(free, out):  # every row: cut at its own first occurrence, or untouched
+            if c.finish_reason == "stop":
+                j = len(c.completion_ids)
+                assert stop in c.text and stop not in tok.decode(f.completion_ids[: j - 1])
+                assert c.completion_ids == f.completion_ids[:j] and c.logprobs == pytest.approx(f.logprobs[:j], abs=1e-6)
+            else:
+                assert c.completion_ids == f.completion_ids and stop not in c.text
+
+
+def test_stop_string_sampled_properties(qwen, tok, prompts):
+    stops = (" ", "=")  # common single-character stop strings
+    out = make_engine("hf", qwen, tok, check_every=2).generate(
+        prompts, SamplingParams(n=6, max_new_tokens=40, temperature=1.0, stop=stops, seed=11))
+    assert any(c.finish_reason == "stop" for c in out)
+    for c in out:
+        before = tok.decode(c.completion_ids[:-1], skip_special_tokens=True)
+        assert not any(s in before for s in stops)  # nothing was cut too late
+        if c.finish_reason == "stop":
+            assert any(s in c.text for s in stops)
+            assert c.text.endswith(tok.decode(c.completion_ids[-1:]))
+        else:
+            assert not any(s in c.text for s in stops)
+
+
+def test_train_mode_restored_and_update_weights(tok, prompts):
+    model = _model(tok)
+    model.train()
+    eng = make_engine("hf", model, tok)
+    params = SamplingParams(max_new_tokens=6, temperature=0)
+    before = eng.generate(prompts, params)
+    assert model.training
+    other = _model(tok, seed=1)
+    eng.update_weights(other)
+    after = eng.generate(prompts, params)
+    assert [c.completion_ids for c in after] == _reference_greedy(other, tok, prompts, 6)
+    assert [c.completion_ids for c in after] != [c.completion_ids for c in before]
+    with torch.no_grad():  # in-place weight changes (an optimizer step) are seen without a reload
+        for p in other.parameters():
+            p.mul_(1.5)
+    assert [c.completion_ids for c in eng.generate(prompts, params)] == _reference_greedy(other, tok, prompts, 6)
