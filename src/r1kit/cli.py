@@ -23,6 +23,8 @@ COMMANDS = {
                  "Pretrain the tiny-world base model from scratch on a synthetic corpus."),
     "demo": ("r1kit.tiny_world.demo:DemoConfig", "r1kit.tiny_world.demo:run_demo",
              "Reproduce R1-Zero's curves on the tiny world, on a laptop CPU, in minutes."),
+    "sft": ("r1kit.train.sft_config:SFTConfig", "r1kit.train.sft:train", "Supervised fine-tuning: cold start, rejection-sampling SFT, distillation."),
+    "eval": ("r1kit.eval.cli_eval:EvalConfig", "r1kit.eval.cli_eval:run_eval", "pass@1 over k samples, cons@k, pass@k with a bootstrap interval (R1's protocol)."),
 }
 
 USAGE = f"""r1kit {__version__}: train reasoning language models the way DeepSeek-R1 was trained.

@@ -1,0 +1,281 @@
+"""Supervised fine-tuning data: `messages` or `prompt`/`completion` rows -> token ids + loss masks.
+
+Two row shapes (the first that the columns allow):
+- `messages`: a chat conversation; rendered with the tokenizer's chat template, loss on the
+  assistant turns (each turn's text as the template writes it after the generation prompt, end-of-turn
+  marker included). Each piece is tokenized on its own, so an assistant turn is tokenized exactly as
+  the model would generate it after the rendered conversation so far.
+- `prompt`/`completion`: a string prompt goes through `template` (r1_zero, chat, none, or a custom
+  string with `{prompt}`), as in GRPO; a conversation prompt needs the chat template. A string
+  completion gets EOS appended; a completion given as assistant messages is rendered by the chat
+  template (whose end-of-turn marker ends it).
+Every row is checked before training: a bad row fails with its source, row (and file line) and field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from r1kit.data.datasets import (MAX_REPORTED_ERRORS, DataError, _load_hub, _looks_like_path, _read_json_file,
+                                 _split_files)
+from r1kit.data.templates import _plain_messages, is_conversation, render_prompt
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    loss_mask: list[int]  # 1 where the token is a training target (predicted from the tokens before it)
+
+
+# ---- reading rows --------------------------------------------------------------------------------
+
+
+def _read_table(path: Path) -> tuple[list[dict], list[int] | None]:
+    if path.suffix in (".jsonl", ".json"):
+        return _read_json_file(path)
+    if path.suffix == ".parquet":
+        from datasets import Dataset
+
+        return Dataset.from_parquet(str(path)).to_list(), None
+    raise DataError(f"{path}: unsupported file type {path.suffix!r}; use .jsonl, .json or .parquet")
+
+
+def load_sft_rows(dataset_name: str, split: str = "train", *, dataset_config: str | None = None,
+                  num_rows: int | None = None) -> tuple[list[dict], str, list[int] | None]:
+    """Rows of a file, a folder (files named `split*`, or a save_to_disk folder) or a hub dataset.
+
+    Returns (rows, source, line numbers of a JSON-lines file or None). `num_rows` keeps the first rows.
+    """
+    path = Path(os.path.expanduser(dataset_name))
+    lines = None
+    if path.is_file():
+        rows, lines = _read_table(path)
+    elif path.is_dir():
+        if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
+            from datasets import DatasetDict, load_from_disk
+
+            ds = load_from_disk(str(path))
+            if isinstance(ds, DatasetDict):
+                if split not in ds:
+                    raise DataError(f"{path}: no split {split!r}; available splits: {list(ds)}")
+                ds = ds[split]
+            rows = ds.to_list()
+        else:
+            files = _split_files(path, split)
+            if not files:
+                raise DataError(f"{path}: no .jsonl/.json/.parquet files for split {split!r}")
+            rows = []
+            for f in files:
+                rows += _read_table(f)[0]
+    elif _looks_like_path(dataset_name) or dataset_name.startswith("r1kit:"):
+        raise DataError(f"{dataset_name}: no such file or folder (SFT needs messages or prompt/completion rows)")
+    else:
+        rows = _load_hub(dataset_name, split, dataset_config).to_list()
+    if not rows:
+        raise DataError(f"{path}: the dataset is empty (no rows)")
+    if num_rows is not None:
+        rows, lines = rows[:num_rows], (lines[:num_rows] if lines else lines)
+    return rows, str(path if path.exists() else dataset_name), lines
+
+
+# ---- one row -> tokens ----------------------------------------------------------------------------
+
+
+def _chat(tokenizer, messages: list[dict], generation_prompt: bool) -> str:
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    if not isinstance(text, str):
+        raise TypeError(f"apply_chat_template returned {type(text).__name__}, expected str")
+    return text
+
+
+def _need_chat_template(tokenizer, what: str) -> None:
+    if not getattr(tokenizer, "chat_template", None):
+        raise DataError(f"the tokenizer has no chat template, which {what} needs; use prompt/completion rows "
+                        f"with a string prompt and template r1_zero or none, or a tokenizer with a chat template")
+
+
+def _messages_problem(messages, field: str) -> str | None:
+    if not is_conversation(messages) or len(messages) == 0:
+        return f"{field!r} is not a list of {{role, content}} messages"
+    if not all(isinstance(m["role"], str) and isinstance(m["content"], str) for m in messages):
+        return f"{field!r} needs string 'role' and 'content' in every message"
+    return None
+
+
+def chat_segments(messages: list[dict], tokenizer) -> list[tuple[str, bool]]:
+    """The rendered conversation as (text, is_assistant_turn) pieces, in order.
+
+    An assistant turn is what the template adds between "conversation so far + generation prompt"
+    and "conversation including this turn". Raises ValueError if the template does not render the
+    conversation prefix-consistently (e.g. it rewrites earlier turns, as some reasoning templates do).
+    """
+    segments, done = [], ""
+    for j, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        before = _chat(tokenizer, messages[:j], True)
+        after = _chat(tokenizer, messages[:j + 1], False)
+        if not before.startswith(done) or not after.startswith(before):
+            raise ValueError(f"the chat template does not render assistant turn {j} as a continuation of the "
+                             f"conversation before it; use prompt/completion rows for this model")
+        segments += [(before[len(done):], False), (after[len(before):], True)]
+        done = after
+    full = _chat(tokenizer, messages, False)
+    if full.startswith(done) and len(full) > len(done):
+        segments.append((full[len(done):], False))
+    return [(t, a) for t, a in segments if t]
+
+
+def _ids(tokenizer, text: str, special: bool) -> list[int]:
+    return tokenizer(text, add_special_tokens=special).input_ids
+
+
+def encode_row(row: dict, tokenizer, *, kind: str, template: str = "r1_zero", system_prompt: str | None = None,
+               messages_column: str = "messages", prompt_column: str = "prompt",
+               completion_column: str = "completion", completion_only_loss: bool = True) -> Example:
+    """Token ids and loss mask of one row; ValueError/DataError with the field named if it is unusable."""
+    if kind == "messages":
+        messages = row.get(messages_column)
+        problem = _messages_problem(messages, messages_column)
+        if problem:
+            raise ValueError(problem)
+        if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
+            raise ValueError(f"{messages_column!r} has no non-empty assistant turn to train on")
+        _need_chat_template(tokenizer, "'messages' data")
+        messages = _plain_messages(messages)
+        if system_prompt is not None and messages[0]["role"] != "system":
+            messages = [{"role": "system", "content": system_prompt}] + messages
+        pieces = [(_ids(tokenizer, t, False), a) for t, a in chat_segments(messages, tokenizer)]
+    else:
+        prompt, completion = row.get(prompt_column), row.get(completion_column)
+        if completion is None:
+            raise ValueError(f"no {completion_column!r}")
+        if isinstance(prompt, str) and not prompt.strip() or prompt is None:
+            raise ValueError(f"{prompt_column!r} is missing or empty")
+        if isinstance(completion, str):
+            if not completion.strip():
+                raise ValueError(f"{completion_column!r} is empty")
+            if template == "none" and isinstance(prompt, str):
+                prompt_text = prompt
+            else:
+                if is_conversation(prompt):
+                    _need_chat_template(tokenizer, "a conversation prompt")
+                prompt_text = render_prompt(prompt, tokenizer, "chat" if template == "none" else template, system_prompt)
+            eos = tokenizer.eos_token or ""
+            ids = _ids(tokenizer, completion, False)
+            if not completion.endswith(eos) and tokenizer.eos_token_id is not None:
+                ids = ids + [tokenizer.eos_token_id]
+            pieces = [(_ids(tokenizer, prompt_text, template != "chat"), False), (ids, True)]
+        else:
+            problem = _messages_problem(completion, completion_column)
+            if problem:
+                raise ValueError(problem)
+            if not any(m["content"].strip() for m in completion):
+                raise ValueError(f"{completion_column!r} is empty")
+            _need_chat_template(tokenizer, "a completion given as messages")
+            convo = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else _plain_messages(prompt)
+            if system_prompt is not None and convo[0]["role"] != "system":
+                convo = [{"role": "system", "content": system_prompt}] + convo
+            pieces = [(_ids(tokenizer, t, False), a)
+                      for t, a in chat_segments(convo + _plain_messages(completion), tokenizer)]
+    input_ids = [t for ids, _ in pieces for t in ids]
+    mask = [int(a or not completion_only_loss) for ids, a in pieces for _ in ids]
+    mask[0] = 0  # the first token has nothing before it to be predicted from
+    return Example(input_ids, mask)
+
+
+def build_examples(rows: list[dict], tokenizer, source: str, lines: list[int] | None = None, *,
+                   max_length: int, truncate: bool = False, **encode_kw) -> tuple[list[Example], str]:
+    """Encode every row; returns (examples, kind). Raises DataError listing the first bad rows."""
+    columns = {k for r in rows[:100] for k in r}
+    mc, pc, cc = (encode_kw.get(k, d) for k, d in (("messages_column", "messages"), ("prompt_column", "prompt"),
+                                                     ("completion_column", "completion")))
+    if mc in columns:
+        kind = "messages"
+    elif pc in columns and cc in columns:
+        kind = "prompt_completion"
+    else:
+        raise DataError(f"{source}: SFT rows need a {mc!r} column or {pc!r} and {cc!r} columns; "
+                        f"found columns {sorted(columns)}")
+    examples, problems, count = [], [], 0
+    for i, row in enumerate(rows):
+        try:
+            ex = encode_row(row, tokenizer, kind=kind, **encode_kw)
+            if len(ex.input_ids) > max_length:
+                if not truncate:
+                    raise ValueError(f"{len(ex.input_ids)} tokens, over max_length={max_length} "
+                                     f"(raise max_length, or set truncate: true to cut it)")
+                ex = Example(ex.input_ids[:max_length], ex.loss_mask[:max_length])
+                if not any(ex.loss_mask):
+                    raise ValueError(f"no completion token left within max_length={max_length} after truncation")
+            examples.append(ex)
+        except DataError:
+            raise
+        except (ValueError, TypeError) as e:
+            count += 1
+            if len(problems) < MAX_REPORTED_ERRORS:
+                where = f"row {i}" if lines is None else f"row {i} (line {lines[i]})"
+                problems.append(f"{where}: {e}")
+    if problems:
+        more = f" (and {count - len(problems)} more)" if count > len(problems) else ""
+        raise DataError(f"{source}: {count} invalid row{'s' if count != 1 else ''}{more}:\n  " + "\n  ".join(problems))
+    return examples, kind
+
+
+# ---- rows of the training batch -------------------------------------------------------------------
+
+
+def pack_examples(examples: list[Example], max_length: int) -> list[list[Example]]:
+    """Greedy packing in order: consecutive examples share a row while they fit in `max_length` tokens."""
+    rows, cur, used = [], [], 0
+    for ex in examples:
+        if cur and used + len(ex.input_ids) > max_length:
+            rows.append(cur)
+            cur, used = [], 0
+        cur.append(ex)
+        used += len(ex.input_ids)
+    if cur:
+        rows.append(cur)
+    return rows
+
+
+@dataclass
+class SFTBatch:
+    input_ids: torch.Tensor     # [B, L]  right-padded
+    position_ids: torch.Tensor  # [B, L]  restart at 0 at each example (and in the padding)
+    loss_mask: torch.Tensor     # [B, L]  1 where the token is a training target
+    num_examples: int
+
+    def to(self, device) -> "SFTBatch":
+        return SFTBatch(self.input_ids.to(device), self.position_ids.to(device), self.loss_mask.to(device),
+                        self.num_examples)
+
+
+def collate(rows: list[list[Example]], pad_id: int) -> SFTBatch:
+    """Rows of (one or several packed) examples -> right-padded tensors."""
+    L = max(sum(len(e.input_ids) for e in row) for row in rows)
+    ids = torch.full((len(rows), L), pad_id, dtype=torch.long)  # [B, L]
+    pos = torch.zeros((len(rows), L), dtype=torch.long)  # [B, L]
+    mask = torch.zeros((len(rows), L), dtype=torch.float32)  # [B, L]
+    for i, row in enumerate(rows):
+        s = 0
+        for e in row:
+            n = len(e.input_ids)
+            ids[i, s:s + n] = torch.tensor(e.input_ids)
+            pos[i, s:s + n] = torch.arange(n)
+            mask[i, s:s + n] = torch.tensor(e.loss_mask, dtype=torch.float32)
+            s += n
+        pos[i, s:] = torch.arange(L - s)  # padding: a segment of its own that nothing real attends to
+    return SFTBatch(ids, pos, mask, sum(len(r) for r in rows))
+
+
+def fingerprint(examples: list[Example]) -> str:
+    h = hashlib.sha256()
+    for e in examples:
+        h.update(repr((e.input_ids, e.loss_mask)).encode())
+    return h.hexdigest()[:16]
