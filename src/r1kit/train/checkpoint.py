@@ -119,12 +119,16 @@ def save_checkpoint(output_dir: str | Path, step: int, *, model, tokenizer, opti
     _fsync_dir(root)
     _atomic_write_text(root / POINTER, final.name + "\n")
     if save_total_limit is not None:
-        for _, path in list_checkpoints(root)[:-save_total_limit]:
-            if path != final:
-                shutil.rmtree(path, ignore_errors=True)
-    for leftover in root.glob(".tmp-checkpoint-*"):  # from runs killed during a save
-        if leftover != tmp:
-            shutil.rmtree(leftover, ignore_errors=True)
+        for n, path in list_checkpoints(root)[:-save_total_limit]:
+            if path != final:  # renamed first, so a kill mid-delete never leaves a half checkpoint-N
+                trash = root / f".tmp-checkpoint-{n}-deleted"
+                shutil.rmtree(trash, ignore_errors=True)
+                os.rename(path, trash)
+                shutil.rmtree(trash, ignore_errors=True)
+    for pattern in (".tmp-checkpoint-*", ".old-checkpoint-*"):  # from runs killed during a save
+        for leftover in root.glob(pattern):
+            if leftover != tmp:
+                shutil.rmtree(leftover, ignore_errors=True)
     return final
 
 
@@ -177,6 +181,15 @@ def load_model_weights(model, ckpt: Path) -> None:
         model.tie_weights()
 
 
+def _load_tensors(path: Path):
+    """torch.load with weights_only=True (no arbitrary code from a checkpoint); failures name the file."""
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception as e:  # missing, truncated, or holding objects weights_only refuses to build
+        raise CheckpointError(f"{path}: cannot be loaded with weights_only=True ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''})") from None
+
+
 def load_checkpoint(ckpt: Path, *, model, optimizer, scheduler) -> dict:
     """Restore weights, optimizer, scheduler and every RNG; return the trainer state."""
     try:
@@ -184,9 +197,9 @@ def load_checkpoint(ckpt: Path, *, model, optimizer, scheduler) -> dict:
     except (OSError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{ckpt / STATE_FILE}: unreadable ({e})") from None
     load_model_weights(model, ckpt)
-    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
-    rng = torch.load(ckpt / "rng.pt", weights_only=True)
+    optimizer.load_state_dict(_load_tensors(ckpt / "optimizer.pt"))
+    scheduler.load_state_dict(_load_tensors(ckpt / "scheduler.pt"))
+    rng = _load_tensors(ckpt / "rng.pt")
     torch.set_rng_state(rng["torch"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])

@@ -33,7 +33,7 @@ from r1kit.models.loading import load_model_and_tokenizer, save_model
 from r1kit.rewards import get_reward, language_mixing_rate, reward_metrics, score_completions
 from r1kit.rollout import SamplingParams, make_engine
 from r1kit.train.batch import batched_logps, collate, completion_logps
-from r1kit.train.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from r1kit.train.checkpoint import STATE_FILE, find_checkpoint, load_checkpoint, save_checkpoint
 from r1kit.train.grpo_config import GRPOConfig
 from r1kit.train.sampler import PromptSampler
 from r1kit.train.tracking import Tracker
@@ -44,7 +44,7 @@ log = logging.getLogger("r1kit.grpo")
 # Options that may change when resuming (they do not change what is trained).
 RESUMABLE_CHANGES = {"max_steps", "num_train_epochs", "save_steps", "save_total_limit", "logging_steps",
                      "report_to", "log_completions", "resume_from_checkpoint", "disable_tqdm", "output_dir",
-                     "reward_timeout_s"}
+                     "reward_timeout_s", "max_reward_failure_fraction"}
 
 
 def train(cfg: GRPOConfig) -> Path:
@@ -86,7 +86,7 @@ def train(cfg: GRPOConfig) -> Path:
     scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_training_steps=opt_steps,
                               num_warmup_steps=math.ceil(cfg.warmup_ratio * opt_steps))
     sampler = PromptSampler(len(data["prompt_ids"]), cfg.seed, rt.rank, rt.world_size)
-    state = {"step": 0, "num_tokens": 0, "skipped_steps": 0, "reward_errors": {}}
+    state = {"step": 0, "num_tokens": 0, "skipped_steps": 0, "reward_errors": {}, "sampler": sampler.state_dict()}
 
     if cfg.resume_from_checkpoint:
         ckpt = find_checkpoint(cfg.resume_from_checkpoint, out)
@@ -115,6 +115,9 @@ def train(cfg: GRPOConfig) -> Path:
             roll = refill(roll, rollout_and_score(engine, sampling, sampler.next(prompts_per_step), data,
                                                   reward_funcs, weights, cfg), prompts_per_step, cfg.num_generations)
         timing_generate = time.perf_counter() - t0
+        check_reward_failures(roll["rewards"].errors, cfg.batch_size * (rounds + 1), step, cfg, rt, out, lambda: save_checkpoint(
+            out, state["step"], model=model, tokenizer=tokenizer, optimizer=optimizer, scheduler=scheduler,
+            save_total_limit=cfg.save_total_limit, trainer_state=dict(state, config=to_dict(cfg), data_fingerprint=data["fingerprint"])))
         comps, rewards = roll["completions"], roll["rewards"]
 
         # ---- 4. group-relative advantages (the paper's A_i = (r_i - mean) / std) ------------------
@@ -202,7 +205,7 @@ def train(cfg: GRPOConfig) -> Path:
             tracker.log(step, metrics)
         if cfg.log_completions:
             tracker.log_completions(step, completion_rows(comps, roll, rewards, advantages, data["texts"]))
-        bar.set_postfix(reward=f"{metrics['reward']:.3f}", len=f"{metrics['completions/mean_length']:.0f}")
+        bar.set_postfix(reward=f"{metrics.get('reward', math.nan):.3f}", len=f"{metrics['completions/mean_length']:.0f}")
         bar.update(1)
         state.update(step=step, sampler=sampler.state_dict())
         if (cfg.save_steps > 0 and step % cfg.save_steps == 0) or step == total_steps:
@@ -230,6 +233,7 @@ def prepare_data(cfg: GRPOConfig, tokenizer) -> dict:
                            answer_column=cfg.dataset_answer_column, dataset_config=cfg.dataset_config,
                            num_rows=cfg.dataset_num_rows, seed=cfg.seed)
     prompts = ds["prompt"]
+    check_chat_template(cfg, tokenizer)
     texts = [render_prompt(p, tokenizer, cfg.template, cfg.system_prompt) for p in prompts]
     # The chat template writes its own special tokens; a plain string gets the tokenizer's (e.g. BOS).
     prompt_ids = tokenizer(texts, add_special_tokens=cfg.template != "chat").input_ids
@@ -304,6 +308,48 @@ def sandbox_check(reward_funcs: list[str], allow_unsandboxed: bool) -> str | Non
     if allow_unsandboxed:
         os.environ["R1KIT_ALLOW_UNSANDBOXED"] = "1"
     return require_isolation(allow_unsandboxed)
+
+
+def check_chat_template(cfg: GRPOConfig, tokenizer) -> None:
+    """Before any training: `template: chat` needs the tokenizer's chat template; name the model that lacks it."""
+    if cfg.template == "chat" and not getattr(tokenizer, "chat_template", None):
+        raise DataError(f"{cfg.tokenizer_name_or_path or cfg.model_name_or_path}: template is 'chat' but this "
+                        f"tokenizer has no chat template; use template: r1_zero, or a model (or "
+                        f"tokenizer_name_or_path) with a chat template")
+
+
+class RewardFailureError(ValueError):
+    """Reward functions failed on more of a step's rows than `max_reward_failure_fraction` allows."""
+
+
+def check_reward_failures(errors: dict[str, int], n_rows: int, step: int, cfg: GRPOConfig, rt, out: Path,
+                          save) -> None:
+    """Stop the run when a reward function lost too many of this step's rows (`errors[name]` of `n_rows`).
+
+    Before raising, `save()` checkpoints the last completed step (the failing step has not been trained
+    on), unless no step has completed yet or that checkpoint already exists. Counts are summed over
+    processes, so every rank takes the same decision.
+    """
+    limit = cfg.max_reward_failure_fraction
+    if limit is None:
+        return
+    total = rt.sum(n_rows)
+    lost = {name: int(rt.sum(n)) for name, n in errors.items()}
+    bad = {name: n for name, n in lost.items() if n > limit * total}
+    if not bad:
+        return
+    done = step - 1
+    ckpt = out / f"checkpoint-{done}"
+    if rt.is_main and done > 0 and not (ckpt / STATE_FILE).is_file():
+        save()
+    rt.barrier()
+    where = (f"{ckpt} holds step {done}: fix the function(s) and resume with resume_from_checkpoint=true"
+             if done > 0 else "no step had completed, so there was nothing to checkpoint")
+    raise RewardFailureError(
+        f"step {step}: reward function(s) failed on too many rows: "
+        + ", ".join(f"{name!r} lost {n} of {int(total)} rows" for name, n in bad.items())
+        + f" (over max_reward_failure_fraction={limit:g}; the r1kit.rewards warnings name the first bad row "
+        f"and the reason). {where}, or raise max_reward_failure_fraction (null turns this check off).")
 
 
 def check_resume(state: dict, cfg: GRPOConfig, fingerprint: str, ckpt: Path) -> None:

@@ -36,6 +36,7 @@ class GRPOConfig:
     reward_weights: list[float] | None = field(None, help="One weight per reward function (default: all 1).")
     allow_unsandboxed: bool = field(False, help="Let the code reward run model-written code without bubblewrap isolation.")
     reward_timeout_s: float | None = field(None, help="Per-call deadline for reward functions, run in a killable worker.")
+    max_reward_failure_fraction: float | None = field(0.5, help="Stop the run (after checkpointing the last completed step) when a reward function fails (raises, NaN/inf, wrong length, deadline) on more than this fraction of a step's rows; null never stops.")
 
     # ---- generation ----
     rollout_engine: str = field("hf", help="Rollout backend: hf (transformers, CPU/GPU).")
@@ -107,6 +108,8 @@ class GRPOConfig:
         need(self.learning_rate >= 0, "learning_rate", "must be >= 0")
         need(self.max_steps != 0, "max_steps", "must be positive or -1")
         need(self.logging_steps >= 1, "logging_steps", "must be >= 1")
+        need(self.max_reward_failure_fraction is None or 0 <= self.max_reward_failure_fraction <= 1,
+             "max_reward_failure_fraction", "must be in [0, 1] or null")
         need(self.save_total_limit is None or self.save_total_limit >= 1, "save_total_limit", "must be >= 1")
         need(len(self.reward_funcs) >= 1, "reward_funcs", "must name at least one reward function")
         need(
