@@ -49,7 +49,7 @@ RESUMABLE_CHANGES = {"max_steps", "num_train_epochs", "save_steps", "save_total_
 
 def train(cfg: GRPOConfig) -> Path:
     """Run GRPO as `cfg` says; returns the output folder holding the final model."""
-    rt = Runtime.create()
+    rt = Runtime.create(strategy=cfg.distributed_strategy)
     torch.manual_seed(cfg.seed + rt.rank)
     random.seed(cfg.seed + rt.rank)
     out = Path(cfg.output_dir)
@@ -61,6 +61,7 @@ def train(cfg: GRPOConfig) -> Path:
                                                 tokenizer_name_or_path=cfg.tokenizer_name_or_path, lora=lora)
     model.train()
     ref_model = reference_model(model) if cfg.beta > 0 else None
+    model = rt.prepare_model(model)  # rank 0's weights on every rank; fsdp2: sharded
     data = prepare_data(cfg, tokenizer)
     reward_funcs = list(cfg.reward_funcs)  # names (as metrics keys); resolved now to fail early
     for name in reward_funcs:
@@ -73,7 +74,7 @@ def train(cfg: GRPOConfig) -> Path:
                         f"({prompts_per_step} prompts x {rt.world_size} process(es))")
 
     # ---- engine, optimizer, schedule, data order ----------------------------------------------
-    engine = make_engine(cfg.rollout_engine, model, tokenizer)
+    engine = make_engine(cfg.rollout_engine, rt.rollout_model(model), tokenizer)
     sampling = SamplingParams(n=cfg.num_generations, max_new_tokens=cfg.max_completion_length,
                               temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
                               stop=tuple(cfg.stop_strings or ()))
@@ -89,11 +90,12 @@ def train(cfg: GRPOConfig) -> Path:
     state = {"step": 0, "num_tokens": 0, "skipped_steps": 0, "reward_errors": {}, "sampler": sampler.state_dict()}
 
     if cfg.resume_from_checkpoint:
+        rt.check_resumable()
         ckpt = find_checkpoint(cfg.resume_from_checkpoint, out)
         state = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler)
         check_resume(state, cfg, data["fingerprint"], ckpt)
         sampler.load_state_dict(state["sampler"])
-        engine.update_weights(model)
+        rt.sync_engine(engine, model)
         log.info("resumed from %s at step %d", ckpt, state["step"])
     tracker = Tracker(str(out), cfg.report_to, to_dict(cfg), enabled=rt.is_main,
                       resume_step=state["step"] if cfg.resume_from_checkpoint else None)
@@ -116,12 +118,14 @@ def train(cfg: GRPOConfig) -> Path:
                                                   reward_funcs, weights, cfg), prompts_per_step, cfg.num_generations)
         timing_generate = time.perf_counter() - t0
         check_reward_failures(roll["rewards"].errors, cfg.batch_size * (rounds + 1), step, cfg, rt, out, lambda: save_checkpoint(
-            out, state["step"], model=model, tokenizer=tokenizer, optimizer=optimizer, scheduler=scheduler,
+            out, state["step"], model=rt.unwrap(model), tokenizer=tokenizer, optimizer=optimizer, scheduler=scheduler,
             save_total_limit=cfg.save_total_limit, trainer_state=dict(state, config=to_dict(cfg), data_fingerprint=data["fingerprint"])))
         comps, rewards = roll["completions"], roll["rewards"]
 
         # ---- 4. group-relative advantages (the paper's A_i = (r_i - mean) / std) ------------------
-        advantages = group_advantages(rewards.total, cfg.num_generations, scale=cfg.scale_rewards)  # [B]
+        # over all processes' rewards (scale='batch' needs the global std), then this process's rows
+        advantages = rt.shard(group_advantages(rt.gather(rewards.total), cfg.num_generations,
+                                               scale=cfg.scale_rewards))  # [B]
 
         # ---- 5. batch tensors; old log-probs (mu > 1) and reference log-probs (beta > 0) ---------
         keep = [not (cfg.mask_truncated_completions and c.finish_reason == "length") for c in comps]
@@ -156,7 +160,7 @@ def train(cfg: GRPOConfig) -> Path:
                     totals[k] = totals.get(k, 0.0) + float(v) * n_tok
                 totals["_tokens"] = totals.get("_tokens", 0.0) + n_tok
             rt.all_reduce_grads(model)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm).item()
+            grad_norm = rt.clip_grad_norm(params, cfg.max_grad_norm)
             if math.isfinite(grad_norm):
                 optimizer.step()
             else:
@@ -165,28 +169,30 @@ def train(cfg: GRPOConfig) -> Path:
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             totals["loss"] = totals.get("loss", 0.0) + loss_sum / cfg.num_iterations
-        engine.update_weights(model)  # ---- 7. the engine samples from the new policy next step
+        rt.sync_engine(engine, model)  # ---- 7. the engine samples from the new policy next step
         timing_train = time.perf_counter() - t0
 
-        # ---- 8. metrics, completions, checkpoint --------------------------------------------------
+        # ---- 8. metrics over all processes (rank 0 logs them), completions, checkpoint ----------
         lengths = [len(c.completion_ids) for c in comps]
         n_gen = rt.sum(sum(lengths))
         state["num_tokens"] += int(rt.sum(sum(lengths) + sum(len(c.prompt_ids) for c in comps)))
-        for name, n in rewards.errors.items():
+        everyone = gather_step(rt, comps, rewards)  # every process's rewards, lengths, finish reasons
+        for name, n in everyone["rewards"].errors.items():
             state["reward_errors"][name] = state["reward_errors"].get(name, 0) + n
         step_time = time.perf_counter() - t_step
-        tok = max(totals.pop("_tokens"), 1.0)
+        tok = max(rt.sum(totals.pop("_tokens")), 1.0)
+        all_lengths = everyone["lengths"]
         metrics = {
-            **reward_metrics(rewards),
-            "completions/mean_length": sum(lengths) / len(lengths),
-            "completions/max_length": max(lengths),
-            "completions/min_length": min(lengths),
-            "completions/clipped_ratio": sum(c.finish_reason == "length" for c in comps) / len(comps),
-            "completions/language_mixing_rate": language_mixing_rate([c.text for c in comps]),
-            "frac_reward_zero_std": first_zero_std,
-            "advantages/abs_mean": advantages.abs().mean().item(),
-            **{k: v / tok for k, v in totals.items() if k != "loss"},
-            "loss": totals["loss"],
+            **reward_metrics(everyone["rewards"]),
+            "completions/mean_length": sum(all_lengths) / len(all_lengths),
+            "completions/max_length": max(all_lengths),
+            "completions/min_length": min(all_lengths),
+            "completions/clipped_ratio": everyone["clipped"],
+            "completions/language_mixing_rate": rt.mean(language_mixing_rate([c.text for c in comps])),
+            "frac_reward_zero_std": rt.mean(first_zero_std),
+            "advantages/abs_mean": rt.mean(advantages.abs().mean().item()),
+            **{k: rt.sum(v) / tok for k, v in totals.items() if k != "loss"},  # token-weighted over ranks
+            "loss": rt.mean(totals["loss"]),  # each rank's loss is its share x world_size (global normaliser)
             "grad_norm": grad_norm,
             "learning_rate": scheduler.get_last_lr()[0],
             "num_tokens": state["num_tokens"],
@@ -204,13 +210,14 @@ def train(cfg: GRPOConfig) -> Path:
         if step % cfg.logging_steps == 0 or step == total_steps:
             tracker.log(step, metrics)
         if cfg.log_completions:
-            tracker.log_completions(step, completion_rows(comps, roll, rewards, advantages, data["texts"]))
+            rows = sum(rt.gather_objects(completion_rows(comps, roll, rewards, advantages, data["texts"])), [])
+            tracker.log_completions(step, rows)
         bar.set_postfix(reward=f"{metrics.get('reward', math.nan):.3f}", len=f"{metrics['completions/mean_length']:.0f}")
         bar.update(1)
         state.update(step=step, sampler=sampler.state_dict())
         if (cfg.save_steps > 0 and step % cfg.save_steps == 0) or step == total_steps:
             if rt.is_main:
-                save_checkpoint(out, step, model=model, tokenizer=tokenizer, optimizer=optimizer,
+                save_checkpoint(out, step, model=rt.unwrap(model), tokenizer=tokenizer, optimizer=optimizer,
                                 scheduler=scheduler, save_total_limit=cfg.save_total_limit,
                                 trainer_state=dict(state, config=to_dict(cfg), data_fingerprint=data["fingerprint"]))
             rt.barrier()
@@ -218,7 +225,7 @@ def train(cfg: GRPOConfig) -> Path:
     bar.close()
     tracker.close()
     if rt.is_main:
-        save_model(model, tokenizer, out)
+        save_model(rt.unwrap(model), tokenizer, out)
         (out / "r1kit_config.json").write_text(json.dumps(to_dict(cfg), indent=1))
     rt.barrier()
     return out
@@ -260,6 +267,19 @@ def rollout_and_score(engine, sampling, rows, data, reward_funcs, weights, cfg) 
     rewards = score_completions(reward_funcs, weights, [data["prompts"][r] for r in row_of], completions, columns,
                                 timeout_s=cfg.reward_timeout_s)
     return {"completions": comps, "rows": row_of, "rewards": rewards}
+
+
+def gather_step(rt, comps, rewards) -> dict:
+    """Every process's rewards (one RewardBatch, rank order), completion lengths and clipped ratio."""
+    mine = {"rewards": rewards, "lengths": [len(c.completion_ids) for c in comps],
+            "clipped": [c.finish_reason == "length" for c in comps]}
+    parts = rt.gather_objects(mine)
+    merged = parts[0]["rewards"]
+    for p in parts[1:]:
+        merged = merged.concat(p["rewards"])
+    clipped = sum((p["clipped"] for p in parts), [])
+    return {"rewards": merged, "lengths": sum((p["lengths"] for p in parts), []),
+            "clipped": sum(clipped) / len(clipped)}
 
 
 def refill(roll: dict, extra: dict, num_prompts: int, group_size: int) -> dict:

@@ -72,6 +72,7 @@ class GRPOConfig:
     num_train_epochs: float = field(1.0, help="Passes over the prompts, when max_steps is -1.")
     per_device_train_batch_size: int = field(8, help="Completions per micro-batch per device (TRL's meaning).")
     gradient_accumulation_steps: int = field(1, help="Micro-batches per optimizer step.")
+    distributed_strategy: str = field("auto", help="Multi-process data parallel: ddp, fsdp2, or auto (fsdp2 when accelerate launch says FSDP/ZeRO-2/3, else ddp).")
     seed: int = field(42, help="Seed for data order, sampling and initialisation.")
 
     # ---- outputs ----
@@ -96,6 +97,7 @@ class GRPOConfig:
         need(self.kl_estimator in ("k1", "k2", "k3"), "kl_estimator", "must be k1, k2 or k3")
         need(self.template in ("r1_zero", "chat"), "template", "must be r1_zero or chat")
         need(self.num_generations >= 1, "num_generations", "must be >= 1")
+        need(self.distributed_strategy in ("auto", "ddp", "fsdp2"), "distributed_strategy", "must be auto, ddp or fsdp2")
         need(self.per_device_train_batch_size >= 1, "per_device_train_batch_size", "must be >= 1")
         need(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps", "must be >= 1")
         need(self.num_iterations >= 1, "num_iterations", "must be >= 1")
