@@ -58,7 +58,8 @@ class RolloutEngine(Protocol):
         ...
 
     def update_weights(self, model) -> None:
-        """Make the engine sample from `model`'s current weights."""
+        """Make the engine sample from `model`'s current weights. An engine holding its own copy
+        loads `r1kit.rollout.sync.merged_state_dict(model)` (LoRA merged, base-model names)."""
         ...
 
 
@@ -68,6 +69,8 @@ def make_engine(name: str, model, tokenizer, **kw) -> RolloutEngine:
         from r1kit.rollout.hf import HFEngine
 
         return HFEngine(model, tokenizer, **kw)
-    if name == "vllm":
-        raise NotImplementedError("the vLLM rollout engine is not implemented yet; use 'hf'")
-    raise ValueError(f"unknown rollout engine {name!r}; expected 'hf'")
+    if name in ("vllm", "vllm-server"):  # kw: mode="colocate"|"server", see r1kit.rollout.vllm_engine
+        from r1kit.rollout.vllm_engine import make_vllm_engine
+
+        return make_vllm_engine(model, tokenizer, **({"mode": "server"} if name == "vllm-server" else {}), **kw)
+    raise ValueError(f"unknown rollout engine {name!r}; expected 'hf', 'vllm' or 'vllm-server'")
