@@ -91,13 +91,13 @@ def test_greedy_matches_generate(tok, prompts, arch, backend):
         assert c.text == tok.decode(c.completion_ids, skip_special_tokens=True)
 
 
-@pytest.mark.parametrize("check_every", [1, 3])
-def test_greedy_with_eos_and_compaction_matches_generate(qwen, tok, prompts, check_every):
+@pytest.mark.parametrize("backend,check_every", [("fast", 1), ("fast", 3), ("hf", 2)])
+def test_greedy_with_eos_and_compaction_matches_generate(qwen, tok, prompts, backend, check_every):
     many = prompts + [p[:-1] for p in prompts if len(p) > 1] + [p + p[:2] for p in prompts]
     handle = _eos_bias(qwen, tok, 8.0)  # rows reach EOS at different steps
     try:
         ref = _reference_greedy(qwen, tok, many, 20)
-        eng = make_engine("hf", qwen, tok, check_every=check_every, compact_frac=0.1)
+        eng = make_engine("hf", qwen, tok, backend=backend, check_every=check_every, compact_frac=0.1)
         out = eng.generate(many, SamplingParams(max_new_tokens=20, temperature=0))
     finally:
         handle.remove()
@@ -110,11 +110,11 @@ def test_greedy_with_eos_and_compaction_matches_generate(qwen, tok, prompts, che
             assert "<|endoftext|>" not in c.text
 
 
-@pytest.mark.parametrize("arch", ["qwen2", "llama"])
-def test_sampled_logprobs_match_full_forward(tok, prompts, arch):
+@pytest.mark.parametrize("arch,backend", [("qwen2", "fast"), ("llama", "fast"), ("qwen2", "hf")])
+def test_sampled_logprobs_match_full_forward(tok, prompts, arch, backend):
     model = _model(tok, arch=arch)
     params = SamplingParams(n=3, max_new_tokens=12, temperature=0.7, top_k=40, top_p=0.9, seed=1)
-    out = make_engine("hf", model, tok).generate(prompts, params)
+    out = make_engine("hf", model, tok, backend=backend).generate(prompts, params)
     for c in out:
         ref = _full_forward_logprobs(model, c, params.temperature)
         assert torch.allclose(torch.tensor(c.logprobs), ref, atol=1e-5, rtol=0), (c.logprobs, ref)
@@ -125,6 +125,8 @@ def test_logprobs_are_before_filtering(qwen, tok, prompts):
     greedy = make_engine("hf", qwen, tok).generate(prompts, SamplingParams(max_new_tokens=10, temperature=0))
     topk1 = make_engine("hf", qwen, tok).generate(prompts, SamplingParams(max_new_tokens=10, temperature=0.8, top_k=1, seed=3))
     assert [c.completion_ids for c in topk1] == [c.completion_ids for c in greedy]
+    tiny_p = make_engine("hf", qwen, tok).generate(prompts, SamplingParams(max_new_tokens=10, top_p=1e-6, seed=4))
+    assert [c.completion_ids for c in tiny_p] == [c.completion_ids for c in greedy]  # top-p keeps the argmax
     for c in topk1:
         assert all(lp < 0 for lp in c.logprobs)  # not log(1) from the filtered distribution
         assert torch.allclose(torch.tensor(c.logprobs), _full_forward_logprobs(qwen, c, 0.8), atol=1e-5, rtol=0)

@@ -40,8 +40,13 @@ import torch.nn.functional as F
 
 from r1kit.rollout.base import Completion, SamplingParams
 
+_PLAIN_RMSNORMS = {"LlamaRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "MistralRMSNorm"}
+
+
 class _FastDecoder:
-    """Hand-run Llama-family decoder with a static KV cache [L, 2, B, kv_heads, max_len, head_dim]."""
+    """Hand-run Llama-family decoder with a static KV cache [L, 2, B, kv_heads, max_len, head_dim].
+
+    Left padding: pad key columns carry -inf in `bias`; decode columns are always valid."""
 
     @staticmethod
     def supports(model) -> bool:
@@ -72,48 +77,76 @@ class _FastDecoder:
         self.device, self.dtype = p.device, p.dtype
         layers = len(self.inner.layers)
         self.kv = torch.zeros(layers, 2, rows, self.n_kv, max_len, self.head_dim, device=p.device, dtype=p.dtype)
-        self.valid = torch.ones(rows, max_len, dtype=torch.bool, device=p.device)  # key columns to attend
-        # cos/sin for every position once: the per-step lookup is an index, not a recomputation
+        self.bias = torch.zeros(rows, max_len, device=p.device, dtype=p.dtype)  # 0 / -inf per key column
+        # rotary tables for every position, computed once by the model's own rotary module; the
+        # rotate-half sign is folded into sin and the attention scale into q's tables, so applying
+        # RoPE is mul + roll + addcmul and the scores need no extra scaling
         dummy = torch.zeros(1, device=p.device, dtype=p.dtype)
         cos, sin = self.inner.rotary_emb(dummy, torch.arange(max_len, device=p.device)[None])
-        self.cos, self.sin = cos[0], sin[0]  # [max_len, head_dim]
+        cos, sin, half = cos[0], sin[0], self.head_dim // 2
+        sin = torch.cat((-sin[:, :half], sin[:, half:]), dim=-1)
+        scale = self.inner.layers[0].self_attn.scaling
+        self.scale_folded = all(layer.self_attn.scaling == scale for layer in self.inner.layers)
+        qs = scale if self.scale_folded else 1.0
+        self.rope_tab = torch.stack((cos * qs, sin * qs, cos, sin), dim=1)  # [max_len, 4, head_dim]
+        norms = [m for layer in self.inner.layers for m in (layer.input_layernorm, layer.post_attention_layernorm)]
+        self.fused_norm = p.dtype == torch.float32 and all(
+            type(m).__name__ in _PLAIN_RMSNORMS and hasattr(m, "variance_epsilon") for m in norms + [self.inner.norm]
+        )
+
+    def _norm(self, mod, x):
+        if self.fused_norm:  # one kernel instead of seven; same formula as the module in fp32
+            return F.rms_norm(x, (x.shape[-1],), mod.weight, mod.variance_epsilon)
+        return mod(x)
 
     @staticmethod
-    def _rope(x, cos, sin):  # same formula as transformers' apply_rotary_pos_emb
-        half = x.shape[-1] // 2
-        rot = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-        return x * cos + rot * sin
+    def _rope(x, cos, sin):  # x*cos + rotate_half(x)*sin, with rotate_half's sign already in `sin`
+        return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), sin)
+
+    @staticmethod
+    def _attend1(q, k, v, bias):
+        """One (pre-scaled) query per row. q [B, H, 1, D]; k, v [B, KV, T, D]; bias [B, 1, T] (0/-inf).
+        Grouped-query heads are folded into the query axis, so no K/V expansion is materialised."""
+        B, H, _, D = q.shape
+        KV = k.shape[1]
+        q = q.reshape(B, KV, H // KV, D)  # head h reads kv head h // (H // KV), as in transformers
+        scores = torch.matmul(q, k.transpose(-1, -2)).add_(bias[:, None])
+        return torch.matmul(torch.softmax(scores, dim=-1), v).reshape(B, H, 1, D)
 
     def _forward(self, ids, pos, col: int, mask):
         """ids/pos [B, T] written at cache columns [col, col+T); mask [B, 1, T, col+T] (True = attend)."""
         B, T = ids.shape
         H, KV, D = self.n_heads, self.n_kv, self.head_dim
         x = self.inner.embed_tokens(ids)
-        cos, sin = self.cos[pos].unsqueeze(1), self.sin[pos].unsqueeze(1)  # [B, 1, T, D]
+        cq, sq, ck, sk = self.rope_tab[pos].unsqueeze(1).unbind(3)  # each [B, 1, T, D]
         gqa = KV != H
         for li, layer in enumerate(self.inner.layers):
             attn = layer.self_attn
-            h = layer.input_layernorm(x)
+            h = self._norm(layer.input_layernorm, x)
             q = attn.q_proj(h).view(B, T, H, D)
             k = attn.k_proj(h).view(B, T, KV, D)
             v = attn.v_proj(h).view(B, T, KV, D).transpose(1, 2)
             if getattr(attn, "q_norm", None) is not None:  # qwen3-style per-head norms
                 q, k = attn.q_norm(q), attn.k_norm(k)
-            q = self._rope(q.transpose(1, 2), cos, sin)
-            k = self._rope(k.transpose(1, 2), cos, sin)
+            q = self._rope(q.transpose(1, 2), cq, sq)
+            k = self._rope(k.transpose(1, 2), ck, sk)
             kc, vc = self.kv[li, 0], self.kv[li, 1]
             kc[:, :, col : col + T] = k
             vc[:, :, col : col + T] = v
-            o = F.scaled_dot_product_attention(
-                q, kc[:, :, : col + T], vc[:, :, : col + T], attn_mask=mask, scale=attn.scaling, enable_gqa=gqa
-            )
+            if T == 1 and self.scale_folded:  # decode: plain matmuls beat the fused CPU kernel here
+                o = self._attend1(q, kc[:, :, : col + 1], vc[:, :, : col + 1], mask)
+            else:
+                o = F.scaled_dot_product_attention(
+                    q, kc[:, :, : col + T], vc[:, :, : col + T], attn_mask=mask,
+                    scale=1.0 if self.scale_folded else attn.scaling, enable_gqa=gqa,
+                )
             x = x + attn.o_proj(o.transpose(1, 2).reshape(B, T, H * D))
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
-        return self.model.lm_head(self.inner.norm(x[:, -1])).float()
+            x = x + layer.mlp(self._norm(layer.post_attention_layernorm, x))
+        return self.model.lm_head(self._norm(self.inner.norm, x[:, -1])).float()
 
     def prefill(self, ids, am, pos):
         T = ids.shape[1]
-        self.valid[: ids.shape[0], :T] = am
+        self.bias[: ids.shape[0], :T].masked_fill_(~am, float("-inf"))
         causal = torch.ones(T, T, dtype=torch.bool, device=ids.device).tril()
         mask = causal & am[:, None, :]
         mask |= torch.eye(T, dtype=torch.bool, device=ids.device)  # pad queries see themselves: no NaN rows
@@ -121,14 +154,14 @@ class _FastDecoder:
 
     def repeat(self, n: int):
         self.kv = self.kv.repeat_interleave(n, dim=2)
-        self.valid = self.valid.repeat_interleave(n, dim=0)
+        self.bias = self.bias.repeat_interleave(n, dim=0)
 
     def select(self, idx):
         self.kv = self.kv.index_select(2, idx)
-        self.valid = self.valid.index_select(0, idx)
+        self.bias = self.bias.index_select(0, idx)
 
     def step(self, tok, pos, col: int):
-        return self._forward(tok[:, None], pos[:, None], col, self.valid[:, None, None, : col + 1])
+        return self._forward(tok[:, None], pos[:, None], col, self.bias[:, None, : col + 1])
 
 
 class _HFDecoder:
@@ -178,7 +211,7 @@ def _sample(logits, params: SamplingParams, gen):
         drop = (probs.cumsum(-1) - probs) >= params.top_p  # keep the smallest prefix with mass >= top_p
         filt = filt.masked_fill(drop.scatter(1, order, drop), float("-inf"))
     # exact categorical draw: argmax p_i / E_i with E_i ~ Exp(1) (equivalent to Gumbel-max)
-    race = torch.empty_like(filt).exponential_(generator=gen)
+    race = torch.rand(filt.shape, generator=gen, device=filt.device).log_().neg_()  # Exp(1) draws
     tok = (filt - filt.amax(-1, keepdim=True)).exp_().div_(race).argmax(-1)
     return tok, logp.gather(1, tok[:, None]).squeeze(1)
 
