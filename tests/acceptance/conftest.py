@@ -6,6 +6,7 @@ max_completion_length <= 8, so a run takes well under a second.
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 
@@ -84,6 +85,7 @@ def safetensors_of(folder: Path) -> dict:
     return load_file(str(next(iter(sorted(Path(folder).glob("*.safetensors"))))))
 
 
+@functools.cache
 def initial_tiny_weights() -> dict:
     from r1kit.models.tiny import build_tiny
 

@@ -142,7 +142,7 @@ def find_checkpoint(spec: str, output_dir: str | Path) -> Path:
     root = Path(output_dir)
     pointer = root / POINTER
     if pointer.is_file():
-        name = pointer.read_text().strip()
+        name = pointer.read_text(errors="replace").strip()  # a garbage pointer must not stop the scan
         cand = root / name
         if _CKPT.match(name) and (cand / STATE_FILE).is_file():
             return cand
