@@ -33,7 +33,7 @@ def evaluate(a: int, op: str, b: int) -> int:
 
 
 class ArithmeticTask(Task):
-    def __init__(self, name: str = "arithmetic", ops: str = "+-*", digits: int = 3, digits_b: int | None = None,
+    def __init__(self, name: str = "arithmetic", ops: str = "+-*", digits: int = 2, digits_b: int | None = None,
                  min_digits: int | None = None):
         if not ops or any(o not in "+-*" for o in ops):
             raise ValueError(f"ops must be a non-empty subset of '+-*', got {ops!r}")
@@ -118,7 +118,7 @@ class ChainTask(Task):
 
 
 register_task("arithmetic", lambda **kw: ArithmeticTask(**{"name": "arithmetic", **kw}))
-register_task("add", lambda **kw: ArithmeticTask(**{"name": "add", "ops": "+", **kw}))
-register_task("sub", lambda **kw: ArithmeticTask(**{"name": "sub", "ops": "-", **kw}))
+register_task("add", lambda **kw: ArithmeticTask(**{"name": "add", "ops": "+", "digits": 3, **kw}))
+register_task("sub", lambda **kw: ArithmeticTask(**{"name": "sub", "ops": "-", "digits": 3, **kw}))
 register_task("mul", lambda **kw: ArithmeticTask(**{"name": "mul", "ops": "*", "digits": 2, "digits_b": 2, **kw}))
 register_task("chain", lambda **kw: ChainTask(**{"name": "chain", **kw}))
