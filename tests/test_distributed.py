@@ -191,3 +191,25 @@ def test_single_process_runtime_is_identity():
     assert rt.gather(t) is t and rt.shard([1, 2]) == [1, 2] and rt.gather_objects("x") == ["x"]
     m = torch.nn.Linear(2, 2)
     assert rt.prepare_model(m) is m and rt.rollout_model(m) is m and rt.unwrap(m) is m
+
+
+@pytest.mark.slow
+def test_accelerate_launch_ddp_config_on_cpu(tmp_path):
+    """`accelerate launch --config_file recipes/accelerate_configs/ddp.yaml --num_processes 2 -m r1kit.cli
+    grpo` on a machine without GPUs: 2 gloo processes, rank 0 logs all 8 completions per step (~20 s)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"model_name_or_path: r1kit:tiny\ndataset_name: r1kit:arithmetic\ndataset_num_rows: 16\n"
+                      f"num_generations: 4\nper_device_train_batch_size: 4\nmax_completion_length: 8\n"
+                      f"max_steps: 2\nsave_steps: 0\noutput_dir: {tmp_path / 'out'}\ndisable_tqdm: true\n")
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(root / "recipes/accelerate_configs/ddp.yaml"), "--num_processes", "2", "--main_process_port",
+           str(_free_port()), "-m", "r1kit.cli", "grpo", "--config", str(recipe)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [m["step"] for m in read_metrics(tmp_path / "out")] == [1, 2]
+    assert [len(r) for r in _rows_per_step(tmp_path / "out")] == [8, 8]  # both ranks' completions
