@@ -3,7 +3,10 @@
 Setup (the issue's): 4.27M-param Qwen2 (hidden 256, 4 layers, 4 heads, tied embeddings) on the tiny
 ~300-token byte-level BPE tokenizer; batch 64 = 8 prompts x n=8; 64 new tokens; temperature 1;
 EOS disabled on both sides so both generate exactly 64 x 64 tokens; 2 torch threads by default.
-Runs are interleaved (generate, generate+logprobs, engine, ...) and medians are reported.
+Runs are interleaved (generate, generate+logprobs, engine, ...) and medians are reported. The
+"linear-only floor" runs just the model's linear layers for the same B x M tokens (no attention, no
+sampling): the part of the work that no decode loop can remove, which bounds the achievable ratio.
+Wall-clock timings with 2 threads are only meaningful on an otherwise idle machine.
 
     python bench/bench_rollout.py [--repeats 7] [--threads 2] [--device cpu|cuda] [--backend auto|hf]
 """
@@ -39,6 +42,7 @@ def main():
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--new", type=int, default=64)
+    ap.add_argument("--no-floor", dest="floor", action="store_false", help="skip the linear-layers-only floor")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -78,7 +82,20 @@ def main():
         outs = engine.generate(prompts, params)
         assert len(outs) == B and all(len(c.completion_ids) == M for c in outs)
 
+    x = torch.randn(B, model.config.hidden_size, device=args.device)
+
+    def run_floor():  # only the model's linear layers for the same B x M tokens: no decode loop beats this
+        with torch.inference_mode():
+            for _ in range(M):
+                for layer in model.model.layers:
+                    a, mlp = layer.self_attn, layer.mlp
+                    a.q_proj(x), a.k_proj(x), a.v_proj(x), a.o_proj(x)
+                    mlp.down_proj(mlp.gate_proj(x) * mlp.up_proj(x))
+                model.lm_head(x)
+
     runs = {"generate": run_generate, "generate+logprobs": run_generate_lp, "engine": run_engine}
+    if args.floor:
+        runs["linear-only floor"] = run_floor
     times = {k: [] for k in runs}
     for fn in runs.values():  # warm-up
         fn()

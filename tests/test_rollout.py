@@ -223,3 +223,19 @@ def test_train_mode_restored_and_update_weights(tok, prompts):
         for p in other.parameters():
             p.mul_(1.5)
     assert [c.completion_ids for c in eng.generate(prompts, params)] == _reference_greedy(other, tok, prompts, 6)
+
+
+def test_peft_lora_model_uses_adapters(tok, prompts):
+    peft = pytest.importorskip("peft")
+    model = peft.get_peft_model(_model(tok), peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"]))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+    params = SamplingParams(max_new_tokens=12, temperature=0)
+    fast = make_engine("hf", model, tok, backend="fast").generate(prompts, params)  # runs the wrapped modules
+    ref = make_engine("hf", model, tok, backend="hf").generate(prompts, params)  # the peft model's forward
+    assert [c.completion_ids for c in fast] == [c.completion_ids for c in ref]
+    with model.disable_adapter():
+        base = make_engine("hf", model, tok, backend="fast").generate(prompts, params)
+    assert [c.completion_ids for c in base] != [c.completion_ids for c in fast]

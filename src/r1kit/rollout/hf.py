@@ -40,6 +40,13 @@ import torch.nn.functional as F
 
 from r1kit.rollout.base import Completion, SamplingParams
 
+def _unwrap(model):
+    """A peft model -> its transformers model; the LoRA layers stay inside, so calling the modules
+    still applies the adapters."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
 _PLAIN_RMSNORMS = {"LlamaRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "MistralRMSNorm"}
 
 
@@ -50,6 +57,7 @@ class _FastDecoder:
 
     @staticmethod
     def supports(model) -> bool:
+        model = _unwrap(model)
         cfg, inner = model.config, getattr(model, "model", None)
         if cfg.model_type not in {"llama", "qwen2", "qwen3", "mistral"} or inner is None:
             return False
@@ -68,6 +76,7 @@ class _FastDecoder:
         return True
 
     def __init__(self, model, rows: int, max_len: int):
+        model = _unwrap(model)
         self.model, self.inner = model, model.model
         cfg = model.config
         self.n_heads = cfg.num_attention_heads
