@@ -1,7 +1,8 @@
 """Shared pieces of the acceptance suite: fast tiny GRPO configs, a scripted rollout engine.
 
 Every GRPO run here uses the tiny random model (`r1kit:tiny`), a few 1-2 step configs and
-max_completion_length <= 8, so a run takes well under a second.
+max_completion_length <= 8, so a run takes well under a second (tests/conftest.py sets one
+torch thread: on a busy 2-core machine the thread pool made a tiny step ~40x slower).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from r1kit.rollout.base import Completion
 from r1kit.train.grpo_config import GRPOConfig
@@ -21,16 +21,6 @@ from r1kit.train.grpo_config import GRPOConfig
 TESTS_DIR = str(Path(__file__).resolve().parents[1])
 if TESTS_DIR not in sys.path:
     sys.path.insert(0, TESTS_DIR)
-
-
-@pytest.fixture(autouse=True, scope="session")
-def one_torch_thread():
-    """The tiny model's matrices are 64 wide: on a busy 2-core machine, torch's thread pool made a
-    step ~40x slower (6 s instead of 0.15 s). One thread is also what makes runs reproducible."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_cfg(tmp_path: Path, name: str = "run", **kw) -> GRPOConfig:

@@ -10,7 +10,8 @@ killed), "exit <wait status>". With a stall, the child writes "<output_dir>.stal
 reaches PHASE of the save of checkpoint-N, then sleeps until killed. Phases:
   write    tmp folder half written (weights and optimizer, no rng.pt or trainer_state.json)
   rename   tmp folder complete and fsynced, not yet renamed to checkpoint-N
-  pointer  checkpoint-N renamed into place, `latest` still names the previous checkpoint
+  pointer  checkpoint-N renamed into place, the new pointer written to a tmp file, `latest` still
+           naming the previous checkpoint
   rotate   `latest` moved, an old checkpoint half deleted by save_total_limit
 """
 
@@ -61,8 +62,8 @@ def install_stall(out: str, phase: str, stall_step: int) -> None:
         wrap(ck, "rng_state", before=lambda: stall())
     elif phase == "rename":
         wrap(ck, "_fsync_tree", after=lambda path: stall())
-    elif phase == "pointer":
-        wrap(ck, "_atomic_write_text", before=lambda path, text: stall())
+    elif phase == "pointer":  # the new pointer is in its tmp file, not yet os.replace'd over `latest`
+        wrap(os, "replace", before=lambda src, dst: stall() if Path(dst).name == ck.POINTER else None)
     elif phase == "rotate":
         def half_delete(path, *a, **kw):
             path = Path(path)

@@ -127,6 +127,7 @@ def test_kill_9_in_every_phase_of_a_save_then_resume(tmp_path, runner):
     runner.kill9_when_stalled(runner.start(job_cfg(out, **resume), "pointer", 4), marker)
     assert [s for s, _ in list_checkpoints(out)] == [2, 3, 4]  # rotation after 3 removed 1 (keep 2)
     assert (out / "latest").read_text().strip() == "checkpoint-3"
+    assert [p.name.startswith(".latest.tmp-") for p in out.iterdir() if p.name.startswith(".")] == [True]
     assert_checkpoints_whole(out)
 
     # 4. a garbage pointer: resume still finds the newest complete checkpoint

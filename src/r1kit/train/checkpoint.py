@@ -125,9 +125,11 @@ def save_checkpoint(output_dir: str | Path, step: int, *, model, tokenizer, opti
                 shutil.rmtree(trash, ignore_errors=True)
                 os.rename(path, trash)
                 shutil.rmtree(trash, ignore_errors=True)
-    for pattern in (".tmp-checkpoint-*", ".old-checkpoint-*"):  # from runs killed during a save
+    for pattern in (".tmp-checkpoint-*", ".old-checkpoint-*", f".{POINTER}.tmp-*"):  # from runs killed in a save
         for leftover in root.glob(pattern):
-            if leftover != tmp:
+            if leftover.is_file():
+                leftover.unlink(missing_ok=True)
+            elif leftover != tmp:
                 shutil.rmtree(leftover, ignore_errors=True)
     return final
 
