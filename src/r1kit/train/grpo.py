@@ -74,7 +74,7 @@ def train(cfg: GRPOConfig) -> Path:
                         f"({prompts_per_step} prompts x {rt.world_size} process(es))")
 
     # ---- engine, optimizer, schedule, data order ----------------------------------------------
-    engine = make_engine(cfg.rollout_engine, rt.rollout_model(model), tokenizer)
+    engine = make_engine(cfg.rollout_engine, rt.rollout_model(model), tokenizer, **cfg.rollout_engine_kwargs)
     sampling = SamplingParams(n=cfg.num_generations, max_new_tokens=cfg.max_completion_length,
                               temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
                               stop=tuple(cfg.stop_strings or ()))

@@ -39,7 +39,9 @@ class GRPOConfig:
     max_reward_failure_fraction: float | None = field(0.5, help="Stop the run (after checkpointing the last completed step) when a reward function fails (raises, NaN/inf, wrong length, deadline) on more than this fraction of a step's rows; null never stops.")
 
     # ---- generation ----
-    rollout_engine: str = field("hf", help="Rollout backend: hf (transformers, CPU/GPU).")
+    rollout_engine: str = field("hf", help="Rollout backend: hf (transformers, CPU/GPU), vllm (colocated), vllm-server.")
+    rollout_engine_kwargs: dict = field({}, help="Options for the engine, e.g. {gpu_memory_utilization: 0.3} for "
+                                              "vllm or {base_url: http://127.0.0.1:8000, read_timeout: 600} for vllm-server.")
     num_generations: int = field(8, help="Completions per prompt (the group size G).")
     max_prompt_length: int = field(512, help="Prompts longer than this (in tokens) are an error before training.")
     max_completion_length: int = field(256, help="Maximum new tokens per completion.")
