@@ -94,6 +94,19 @@ def _load_model(name: str, gguf_file: str | None, dtype, trust_remote_code: bool
         raise ModelLoadError(f"{where}: cannot load the model ({e})") from e
 
 
+SHIPPED = {"r1kit:tiny-base": "tiny-base"}  # models shipped inside the package (src/r1kit/assets/)
+
+
+def shipped_model_path(name: str) -> str | None:
+    """The folder of a model shipped with r1kit (`r1kit:tiny-base`), or None for other names."""
+    if name not in SHIPPED:
+        return None
+    path = Path(__file__).resolve().parent.parent / "assets" / SHIPPED[name]
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"{name}: the shipped model is missing from this install ({path})")
+    return str(path)
+
+
 def _load_tiny(name: str):
     from r1kit.models.tiny import build_tiny
 
@@ -161,6 +174,7 @@ def load_model_and_tokenizer(
     `PeftModel` whose only trainable parameters are the LoRA ones.
     """
     torch_dtype = _torch_dtype(dtype)
+    name_or_path = shipped_model_path(name_or_path) or name_or_path
     if name_or_path.startswith(TINY_PREFIX):
         model, tokenizer = _load_tiny(name_or_path)
         if torch_dtype != "auto":

@@ -29,6 +29,7 @@ from r1kit.algo import group_advantages, loss_normalizer, masked_mean, policy_lo
 from r1kit.config import to_dict
 from r1kit.data.datasets import DataError, load_dataset_rows
 from r1kit.data.templates import is_conversation, render_prompt
+from r1kit.eval.metrics import reflection_rate
 from r1kit.models.loading import load_model_and_tokenizer, save_model
 from r1kit.rewards import get_reward, language_mixing_rate, reward_metrics, score_completions
 from r1kit.rollout import SamplingParams, make_engine
@@ -47,8 +48,12 @@ RESUMABLE_CHANGES = {"max_steps", "num_train_epochs", "save_steps", "save_total_
                      "reward_timeout_s", "max_reward_failure_fraction"}
 
 
-def train(cfg: GRPOConfig) -> Path:
-    """Run GRPO as `cfg` says; returns the output folder holding the final model."""
+def train(cfg: GRPOConfig, callback=None) -> Path:
+    """Run GRPO as `cfg` says; returns the output folder holding the final model.
+
+    `callback(step, model, engine)`, when given, runs after each step's update and weight sync; a
+    dict it returns joins that step's metrics (the demo logs held-out accuracy this way).
+    """
     rt = Runtime.create(strategy=cfg.distributed_strategy)
     torch.manual_seed(cfg.seed + rt.rank)
     random.seed(cfg.seed + rt.rank)
@@ -189,6 +194,7 @@ def train(cfg: GRPOConfig) -> Path:
             "completions/min_length": min(all_lengths),
             "completions/clipped_ratio": everyone["clipped"],
             "completions/language_mixing_rate": rt.mean(language_mixing_rate([c.text for c in comps])),
+            "completions/reflection_rate": rt.mean(reflection_rate([c.text for c in comps])),
             "frac_reward_zero_std": rt.mean(first_zero_std),
             "advantages/abs_mean": rt.mean(advantages.abs().mean().item()),
             **{k: rt.sum(v) / tok for k, v in totals.items() if k != "loss"},  # token-weighted over ranks
@@ -207,6 +213,8 @@ def train(cfg: GRPOConfig) -> Path:
         }
         if cfg.beta == 0:
             metrics.pop("kl", None)
+        if callback is not None:
+            metrics.update(callback(step, rt.unwrap(model), engine) or {})
         if step % cfg.logging_steps == 0 or step == total_steps:
             tracker.log(step, metrics)
         if cfg.log_completions:
