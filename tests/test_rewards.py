@@ -288,3 +288,17 @@ def test_scorer_timeout_kills_sleeper(caplog):
     # the killed worker is replaced on the next call
     b = score_completions(["format"], None, ["q"], [GOOD], {}, timeout_s=5.0)
     assert b.per_func.tolist() == [[1.0]]
+
+
+def test_task_accuracy_uses_the_task_verifier():
+    from r1kit.rewards import get_reward
+
+    fn = get_reward("task_accuracy")
+    completions = ["so it is 72.", "<answer>71</answer> then 72", "no number", [{"role": "assistant", "content": "72"}]]
+    # arithmetic extracts leniently: the <answer> content wins over later numbers; else the last number
+    assert fn(None, completions, task=["arithmetic"] * 4, solution=["72"] * 4) == [1.0, 0.0, 0.0, 1.0]
+    # countdown checks the equation against its own columns (numbers, target)
+    got = fn(None, ["<answer>(3 + 5) * 2</answer>", "<answer>3 * 5 + 2</answer>"], task=["countdown"] * 2,
+             numbers=[[3, 5, 2]] * 2, target=[16] * 2, solution=["(3 + 5) * 2"] * 2)
+    assert got == [1.0, 0.0]
+    assert fn(None, ["72"], solution=["72"]) == [None]  # no task column: cannot score

@@ -8,8 +8,12 @@ from typing import Callable
 RewardFn = Callable[..., list]
 
 _REGISTRY: dict[str, RewardFn] = {}
-_BUILTIN_MODULES = ("r1kit.rewards.math", "r1kit.rewards.format", "r1kit.rewards.language", "r1kit.rewards.code")
+_BUILTIN_MODULES = ("r1kit.rewards.math", "r1kit.rewards.format", "r1kit.rewards.language", "r1kit.rewards.code",
+                    "r1kit.rewards.task")
 _builtins_loaded = False
+# "prefix:spec" names built by a factory, once per spec string: rm:PATH?segment=answer (reward models)
+PREFIX_FACTORIES = {"rm": "r1kit.rewards.reward_model:reward_from_spec"}
+_BUILT: dict[str, RewardFn] = {}
 
 
 def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
@@ -68,12 +72,18 @@ def _import_path(path: str) -> RewardFn | None:
 
 
 def get_reward(name: str | RewardFn) -> RewardFn:
-    """A registered reward by name, or a callable by import path (``"pkg.mod:fn"`` /
-    ``"pkg.mod.fn"``). A callable is returned as is. Unknown → ``ValueError`` listing known names."""
+    """A registered reward by name, a callable by import path (``"pkg.mod:fn"`` /
+    ``"pkg.mod.fn"``), or a ``PREFIX_FACTORIES`` spec (``"rm:PATH?segment=answer"``, built once).
+    A callable is returned as is. Unknown → ``ValueError`` listing known names."""
     if callable(name):
         return name
     if not isinstance(name, str):
         raise TypeError(f"reward must be a name, an import path or a callable, not {type(name).__name__}")
+    prefix, sep, rest = name.strip().partition(":")
+    if sep and prefix in PREFIX_FACTORIES:
+        if name.strip() not in _BUILT:
+            _BUILT[name.strip()] = _import_path(PREFIX_FACTORIES[prefix])(rest)
+        return _BUILT[name.strip()]
     _ensure_builtins()
     fn = _REGISTRY.get(name.strip())
     if fn is None and ("." in name or ":" in name):

@@ -1,0 +1,87 @@
+"""The demo's report: PNG plots of the R1-Zero curves and one self-contained HTML page."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+PLOTS = [  # (file, metrics key, title, y label)
+    ("reward.png", "reward", "Training reward", "mean reward"),
+    ("length.png", "completions/mean_length", "Mean response length (cf. R1 paper, Figure 3)", "tokens"),
+    ("reflection.png", "completions/reflection_rate", "Responses with re-evaluation phrases", "rate"),
+    ("language.png", "completions/language_mixing_rate", "Responses mixing a second script", "rate"),
+]
+
+
+def _plot(path: Path, xs, ys, title: str, ylabel: str, smooth: bool = True) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.2), dpi=110)
+    ax.plot(xs, ys, color="#9bb", lw=1, label="per step" if smooth else None, marker=None if smooth else "o")
+    if smooth and len(ys) >= 5:
+        w = max(3, len(ys) // 10)
+        avg = [sum(ys[max(0, i - w + 1):i + 1]) / len(ys[max(0, i - w + 1):i + 1]) for i in range(len(ys))]
+        ax.plot(xs, avg, color="#06c", lw=2, label=f"moving mean ({w})")
+        ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("GRPO step")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_report(out: Path, summary: dict, metrics: list[dict], before_samples: list[dict],
+                 after_samples: list[dict]) -> Path:
+    """Write the PNG plots and `report.html` into `out`."""
+    figures = []
+    curve = summary.get("eval_curve", [])
+    if curve:
+        _plot(out / "heldout.png", [c["step"] for c in curve], [c["pass@1"] for c in curve],
+              "Held-out pass@1 (T=0.6, top-p 0.95)", "pass@1", smooth=False)
+        figures.append("heldout.png")
+    for name, key, title, ylabel in PLOTS:
+        pts = [(m["step"], m[key]) for m in metrics if m.get(key) is not None]
+        if pts:
+            _plot(out / name, [p[0] for p in pts], [p[1] for p in pts], title, ylabel)
+            figures.append(name)
+
+    b, a = summary["before"], summary["after"]
+    rows = "".join(
+        f"<tr><td>{label}</td><td>{b[key]:.3f}</td><td>{a[key]:.3f}</td></tr>"
+        for label, key in [("pass@1", "pass@1"), (f"cons@{summary['k']}", "cons@k"),
+                           ("mean response length (tokens)", "mean_response_length"),
+                           ("reflection rate", "reflection_rate"), ("language-mixing rate", "language_mixing_rate")])
+    trends = "".join(
+        f"<li><code>{html.escape(k)}</code>: {v['first_quarter']:.3f} in the first quarter of training, "
+        f"{v['last_quarter']:.3f} in the last: <b>{'rose' if v['rose'] else 'did not rise'}</b></li>"
+        for k, v in summary.get("trends", {}).items())
+    imgs = "".join(f'<img src="{f}" alt="{f}">' for f in figures)
+
+    def examples(samples, title):
+        items = "".join(f"<li>score {s['score']:.0f}, {s['length']} tokens<pre>{html.escape(s['completion'])}</pre></li>"
+                        for s in samples[:3])
+        return f"<h3>{title}</h3><ol>{items}</ol>"
+
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>r1kit demo</title>
+<style>body{{font-family:sans-serif;max-width:1150px;margin:2em auto;color:#222}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}}
+td:first-child{{text-align:left}}img{{width:540px;margin:4px}}pre{{white-space:pre-wrap;background:#f6f6f6;padding:6px}}</style>
+</head><body><h1>r1kit demo: R1-Zero on the tiny world</h1>
+<p>Pure RL (GRPO) from the base model <code>{html.escape(str(summary['model']))}</code> on the task
+<code>{html.escape(summary['task'])}</code>: {summary['steps']} steps, {summary['wall_seconds']:.0f} s in all.
+Held-out: {summary['num_problems']} problems, {summary['k']} samples each at temperature 0.6, top-p 0.95.</p>
+<table><tr><th></th><th>before</th><th>after</th></tr>{rows}</table>
+<h2>What changed during training</h2><ul>{trends}</ul>
+<h2>Curves</h2>{imgs}
+<h2>Samples</h2>{examples(before_samples, "Base model")}{examples(after_samples, "After GRPO")}
+<h2>Raw numbers</h2><pre>{html.escape(json.dumps(summary, indent=1))}</pre>
+</body></html>"""
+    path = out / "report.html"
+    path.write_text(page)
+    return path
