@@ -104,6 +104,12 @@ def train(cfg: GRPOConfig, callback=None) -> Path:
         log.info("resumed from %s at step %d", ckpt, state["step"])
     tracker = Tracker(str(out), cfg.report_to, to_dict(cfg), enabled=rt.is_main,
                       resume_step=state["step"] if cfg.resume_from_checkpoint else None)
+
+    def checkpoint(step: int):
+        return save_checkpoint(out, step, model=rt.unwrap(model), tokenizer=tokenizer, optimizer=optimizer,
+                               scheduler=scheduler, save_total_limit=cfg.save_total_limit,
+                               trainer_state=dict(state, config=to_dict(cfg), data_fingerprint=data["fingerprint"]))
+
     bar = tqdm(total=total_steps, initial=state["step"], disable=cfg.disable_tqdm or not rt.is_main,
                desc="grpo", dynamic_ncols=True)
 
@@ -122,9 +128,8 @@ def train(cfg: GRPOConfig, callback=None) -> Path:
             roll = refill(roll, rollout_and_score(engine, sampling, sampler.next(prompts_per_step), data,
                                                   reward_funcs, weights, cfg), prompts_per_step, cfg.num_generations)
         timing_generate = time.perf_counter() - t0
-        check_reward_failures(roll["rewards"].errors, cfg.batch_size * (rounds + 1), step, cfg, rt, out, lambda: save_checkpoint(
-            out, state["step"], model=rt.unwrap(model), tokenizer=tokenizer, optimizer=optimizer, scheduler=scheduler,
-            save_total_limit=cfg.save_total_limit, trainer_state=dict(state, config=to_dict(cfg), data_fingerprint=data["fingerprint"])))
+        check_reward_failures(roll["rewards"].errors, cfg.batch_size * (rounds + 1), step, cfg, rt, out,
+                              lambda: checkpoint(state["step"]))
         comps, rewards = roll["completions"], roll["rewards"]
 
         # ---- 4. group-relative advantages (the paper's A_i = (r_i - mean) / std) ------------------
@@ -225,9 +230,7 @@ def train(cfg: GRPOConfig, callback=None) -> Path:
         state.update(step=step, sampler=sampler.state_dict())
         if (cfg.save_steps > 0 and step % cfg.save_steps == 0) or step == total_steps:
             if rt.is_main:
-                save_checkpoint(out, step, model=rt.unwrap(model), tokenizer=tokenizer, optimizer=optimizer,
-                                scheduler=scheduler, save_total_limit=cfg.save_total_limit,
-                                trainer_state=dict(state, config=to_dict(cfg), data_fingerprint=data["fingerprint"]))
+                checkpoint(step)
             rt.barrier()
 
     bar.close()
