@@ -1,0 +1,241 @@
+"""`r1kit rm`: a Bradley-Terry reward model for DeepSeek-R1's "RL for all scenarios" (§2.3.4).
+
+A one-output score head on a causal LM (`AutoModelForSequenceClassification`, `num_labels=1`) reads
+`prompt + segment(response)` (see `r1kit.rewards.reward_model`: `segment: answer` for helpfulness, the
+paper's "final summary only"; `full` for harmlessness) and is trained on chosen/rejected pairs with
+loss = -log sigmoid(r_chosen - r_rejected), averaged over the pairs of the optimizer step.
+
+Each step: the next `per_device_train_batch_size x gradient_accumulation_steps` pairs in a seeded
+per-epoch order -> micro-batches of chosen and rejected texts in one forward pass -> loss -> clip ->
+AdamW + schedule -> metrics (`loss`, `accuracy` = fraction with r_chosen > r_rejected, `margin` = mean
+r_chosen - r_rejected; `eval_*` on the held-out pairs) -> checkpoint. Output contract as `r1kit sft`:
+metrics.jsonl, atomic checkpoints, exact resume, a final save_pretrained folder plus `r1kit_rm.json`
+(segment, template) so `rm:OUTPUT_DIR` scores the way the model was trained.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import random
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from r1kit.config import to_dict
+from r1kit.data.datasets import DataError
+from r1kit.models.loading import TINY_PREFIX, load_model_and_tokenizer, save_model
+from r1kit.rewards.reward_model import (META_FILE, load_reward_model, prepare_reward_tokenizer, resolve_template,
+                                        rm_text, segment_text)
+from r1kit.train.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from r1kit.train.rm_config import RMConfig
+from r1kit.train.sampler import PromptSampler
+from r1kit.train.tracking import Tracker
+
+log = logging.getLogger("r1kit.rm")
+
+PREFERENCES = "r1kit:preferences"
+DEFAULT_PAIRS = 2000
+RESUMABLE_CHANGES = {"max_steps", "num_train_epochs", "save_steps", "save_total_limit", "logging_steps",
+                     "eval_steps", "report_to", "resume_from_checkpoint", "disable_tqdm", "output_dir"}
+
+
+def train(cfg: RMConfig) -> Path:
+    """Train a reward model as `cfg` says; returns the output folder holding it."""
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    out = Path(cfg.output_dir)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, tokenizer = load_backbone(cfg.model_name_or_path, cfg.dtype, device)
+    prepare_reward_tokenizer(model, tokenizer, cfg.max_length)
+    model.train()
+    template = resolve_template(cfg.template, tokenizer)
+    data = prepare_pairs(cfg, tokenizer, template)
+    train_set, eval_set = data["train"], data["eval"]
+
+    total_steps = cfg.max_steps if cfg.max_steps > 0 else max(
+        1, math.ceil(cfg.num_train_epochs * len(train_set) / cfg.batch_size))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_training_steps=total_steps,
+                              num_warmup_steps=math.ceil(cfg.warmup_ratio * total_steps))
+    sampler = PromptSampler(len(train_set), cfg.seed)
+    state = {"step": 0, "num_tokens": 0, "skipped_steps": 0}
+    if cfg.resume_from_checkpoint:
+        ckpt = find_checkpoint(cfg.resume_from_checkpoint, out)
+        state = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler)
+        check_resume(state, cfg, data["fingerprint"], ckpt)
+        sampler.load_state_dict(state["sampler"])
+        log.info("resumed from %s at step %d", ckpt, state["step"])
+    tracker = Tracker(str(out), cfg.report_to, to_dict(cfg),
+                      resume_step=state["step"] if cfg.resume_from_checkpoint else None)
+    bar = tqdm(total=total_steps, initial=state["step"], disable=cfg.disable_tqdm, desc="rm", dynamic_ncols=True)
+    log.info("rm: %d training pairs, %d held out, segment=%s, template=%s, %d steps", len(train_set),
+             len(eval_set), cfg.segment, template, total_steps)
+    pad = tokenizer.pad_token_id
+
+    for step in range(state["step"] + 1, total_steps + 1):
+        # ---- 1. this step's pairs; micro-batches of [chosen..., rejected...] --------------------
+        pairs = [train_set[i] for i in sampler.next(cfg.batch_size)]
+        mbs = cfg.per_device_train_batch_size
+        sums = {"loss": 0.0, "correct": 0.0, "margin": 0.0, "chosen": 0.0, "rejected": 0.0}
+        for s in range(0, len(pairs), mbs):
+            mb = pairs[s:s + mbs]
+            r_c, r_r = pair_rewards(model, mb, pad, device)  # [b], [b]
+            loss = bt_loss(r_c, r_r, cfg.center_rewards_coefficient) * len(mb) / len(pairs)
+            loss.backward()
+            accumulate(sums, loss.item(), r_c.detach(), r_r.detach())
+            state["num_tokens"] += sum(len(p[0]) + len(p[1]) for p in mb)
+
+        # ---- 2. clip, AdamW, schedule ------------------------------------------------------------
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm).item()
+        if math.isfinite(grad_norm):
+            optimizer.step()
+        else:
+            state["skipped_steps"] += 1
+            log.warning("step %d: non-finite gradient norm, update skipped", step)
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        # ---- 3. metrics, held-out evaluation, checkpoint -----------------------------------------
+        n = len(pairs)
+        metrics = {"loss": sums["loss"], "accuracy": sums["correct"] / n, "margin": sums["margin"] / n,
+                   "rewards/chosen": sums["chosen"] / n, "rewards/rejected": sums["rejected"] / n,
+                   "grad_norm": grad_norm, "learning_rate": scheduler.get_last_lr()[0],
+                   "num_tokens": state["num_tokens"], "epoch": step * cfg.batch_size / len(train_set),
+                   "skipped_steps": state["skipped_steps"]}
+        if eval_set and ((cfg.eval_steps and step % cfg.eval_steps == 0) or step == total_steps):
+            metrics.update({f"eval_{k}": v for k, v in evaluate(model, eval_set, pad, device, mbs).items()})
+            model.train()
+        if step % cfg.logging_steps == 0 or step == total_steps or "eval_loss" in metrics:
+            tracker.log(step, metrics)
+        bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['accuracy']:.2f}")
+        bar.update(1)
+        state.update(step=step, sampler=sampler.state_dict())
+        if (cfg.save_steps > 0 and step % cfg.save_steps == 0) or step == total_steps:
+            save_checkpoint(out, step, model=model, tokenizer=tokenizer, optimizer=optimizer, scheduler=scheduler,
+                            save_total_limit=cfg.save_total_limit,
+                            trainer_state=dict(state, config=to_dict(cfg), data_fingerprint=data["fingerprint"]))
+
+    bar.close()
+    tracker.close()
+    save_model(model, tokenizer, out)
+    (out / META_FILE).write_text(json.dumps({"segment": cfg.segment, "template": template,
+                                             "max_length": cfg.max_length}, indent=1))
+    (out / "r1kit_config.json").write_text(json.dumps(to_dict(cfg), indent=1))
+    return out
+
+
+# ---- the pieces the loop calls ----------------------------------------------------------------
+
+
+def load_backbone(name: str, dtype: str, device: str):
+    """(one-output sequence-classification model, tokenizer) from a causal-LM folder, hub id or r1kit:tiny.
+
+    The score head is new (randomly initialised) unless the folder already holds a reward model."""
+    if dtype == "auto":
+        dtype = "float32" if device == "cpu" else "bfloat16"
+    if name.startswith(TINY_PREFIX):  # built in memory: save it so the seq-cls class can load it
+        causal, tok = load_model_and_tokenizer(name, dtype=dtype)
+        with tempfile.TemporaryDirectory() as tmp:
+            save_model(causal, tok, tmp)
+            return load_reward_model(tmp, device, dtype)
+    return load_reward_model(name, device, dtype)
+
+
+def load_pair_rows(cfg: RMConfig) -> tuple[list[dict], str]:
+    """Rows with prompt/chosen/rejected from a file/folder/hub dataset or r1kit:preferences."""
+    if cfg.dataset_name.startswith(PREFERENCES):
+        from r1kit.tiny_world.preferences import preference_pairs
+
+        return preference_pairs(cfg.dataset_num_rows or DEFAULT_PAIRS, seed=cfg.seed), cfg.dataset_name
+    from r1kit.data.sft_data import load_sft_rows
+
+    rows, source, _ = load_sft_rows(cfg.dataset_name, cfg.dataset_train_split, num_rows=cfg.dataset_num_rows)
+    return rows, source
+
+
+def prepare_pairs(cfg: RMConfig, tokenizer, template: str) -> dict:
+    """Check and tokenize every pair (failing on a bad row, named), split off the held-out pairs."""
+    rows, source = load_pair_rows(cfg)
+    problems, encoded = [], []
+    for i, row in enumerate(rows):
+        bad = [k for k in ("prompt", "chosen", "rejected") if not isinstance(row.get(k), (str, list)) or not row.get(k)]
+        if bad:
+            problems.append(f"row {i}: missing or empty {bad}")
+            continue
+        texts = [rm_text(row["prompt"], segment_text(row[k], cfg.segment), tokenizer, template)
+                 for k in ("chosen", "rejected")]
+        ids = tokenizer(texts, truncation=True, max_length=cfg.max_length, add_special_tokens=False).input_ids
+        encoded.append((ids[0], ids[1]))
+    if problems:
+        raise DataError(f"{source}: {len(problems)} invalid preference row(s) (need non-empty 'prompt', 'chosen', "
+                        f"'rejected'):\n  " + "\n  ".join(problems[:5]))
+    order = list(range(len(encoded)))
+    random.Random(cfg.seed).shuffle(order)
+    n_eval = int(round(cfg.eval_fraction * len(encoded)))
+    if len(encoded) - n_eval < 1:
+        raise DataError(f"{source}: {len(encoded)} pairs leave none to train on after eval_fraction={cfg.eval_fraction}")
+    fp = hashlib.sha256(repr((encoded, order, n_eval)).encode()).hexdigest()[:16]
+    return {"train": [encoded[i] for i in order[n_eval:]], "eval": [encoded[i] for i in order[:n_eval]],
+            "fingerprint": fp}
+
+
+def pair_rewards(model, pairs: list[tuple[list[int], list[int]]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rewards of the chosen and rejected texts of `pairs` (one right-padded forward pass): [b], [b]."""
+    seqs = [p[0] for p in pairs] + [p[1] for p in pairs]
+    L = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)  # [2b, L]
+    mask = torch.zeros((len(seqs), L), dtype=torch.long)  # [2b, L]
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.tensor(s)
+        mask[i, :len(s)] = 1
+    rewards = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, 0].float()  # [2b]
+    return rewards[:len(pairs)], rewards[len(pairs):]
+
+
+def bt_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, center_coef: float = 0.0) -> torch.Tensor:
+    """Bradley-Terry: mean of -log sigmoid(r_chosen - r_rejected), plus the optional centring term."""
+    loss = -F.logsigmoid(r_chosen - r_rejected).mean()
+    if center_coef:
+        loss = loss + center_coef * ((r_chosen + r_rejected) ** 2).mean()
+    return loss
+
+
+def accumulate(sums: dict, loss: float, r_c: torch.Tensor, r_r: torch.Tensor) -> None:
+    sums["loss"] += loss
+    sums["correct"] += float((r_c > r_r).sum())
+    sums["margin"] += float((r_c - r_r).sum())
+    sums["chosen"] += float(r_c.sum())
+    sums["rejected"] += float(r_r.sum())
+
+
+@torch.no_grad()
+def evaluate(model, pairs, pad_id: int, device, batch_size: int) -> dict:
+    """loss, accuracy and margin over held-out pairs."""
+    model.eval()
+    sums = {"loss": 0.0, "correct": 0.0, "margin": 0.0, "chosen": 0.0, "rejected": 0.0}
+    for s in range(0, len(pairs), batch_size):
+        mb = pairs[s:s + batch_size]
+        r_c, r_r = pair_rewards(model, mb, pad_id, device)
+        accumulate(sums, bt_loss(r_c, r_r).item() * len(mb), r_c, r_r)
+    n = max(len(pairs), 1)
+    return {"loss": sums["loss"] / n, "accuracy": sums["correct"] / n, "margin": sums["margin"] / n}
+
+
+def check_resume(state: dict, cfg: RMConfig, fp: str, ckpt: Path) -> None:
+    """Refuse to resume on changed data or training options; name what changed."""
+    if state.get("data_fingerprint") != fp:
+        raise DataError(f"{ckpt}: the preference pairs (or their tokenization) changed since this checkpoint was "
+                        f"written; resume with the same data or start a new output_dir")
+    old, new = state.get("config", {}), to_dict(cfg)
+    changed = sorted(k for k in new if k not in RESUMABLE_CHANGES and k in old and old[k] != new[k])
+    if changed:
+        raise ValueError(f"{ckpt}: options changed since this checkpoint: "
+                         + ", ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in changed))
