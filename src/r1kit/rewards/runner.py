@@ -42,6 +42,10 @@ class RewardBatch:
 
 def _default_name(spec: Any) -> str:
     """A registry name as given; an import path ``pkg.mod:fn`` → ``fn``; a callable's ``__name__``."""
+    if isinstance(spec, str) and spec.strip().startswith("rm:"):  # rm:PATH?segment=full -> rm_full
+        query = spec.partition("?")[2]
+        segment = dict(p.partition("=")[::2] for p in query.split("&") if p).get("segment", "answer")
+        return f"rm_{segment}"
     if isinstance(spec, str):
         return spec.strip().replace(":", ".").rsplit(".", 1)[-1]
     return getattr(spec, "__name__", None) or type(spec).__name__

@@ -332,7 +332,10 @@ def completion_rows(comps, roll, rewards, advantages, prompt_texts) -> list[dict
 
 def sandbox_check(reward_funcs: list[str], allow_unsandboxed: bool) -> str | None:
     """Before any training: code rewards need a working sandbox (or an explicit opt-out)."""
-    if not any(name.split(":")[-1].split(".")[-1].startswith("code") for name in reward_funcs):
+    def runs_code(fn) -> bool:
+        return (getattr(fn, "__module__", None) or type(fn).__module__) == "r1kit.rewards.code"
+
+    if not any(runs_code(get_reward(name)) for name in reward_funcs):
         return None
     from r1kit.sandbox import require_isolation
 
