@@ -18,10 +18,18 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["selective_log_softmax", "entropy_from_logits", "masked_mean", "DEFAULT_CHUNK_SIZE"]
+__all__ = ["selective_log_softmax", "selective_log_softmax_with_entropy", "entropy_from_logits", "masked_mean",
+           "DEFAULT_CHUNK_SIZE", "chunk_rows"]
 
 # 1024 rows x 152k vocabulary x 4 bytes ~ 0.6 GB of fp32 scratch per chunk.
 DEFAULT_CHUNK_SIZE = 1024
+# Callers that know the vocabulary size can size chunks by elements instead (see `chunk_rows`).
+CHUNK_ELEMENTS = 1 << 24  # 16M fp32 = 64 MB of scratch per chunk
+
+
+def chunk_rows(vocab_size: int, elements: int = CHUNK_ELEMENTS) -> int:
+    """Rows per chunk so that one fp32 [rows, V] chunk holds about `elements` values (at least 1 row)."""
+    return max(1, elements // max(1, int(vocab_size)))
 
 
 def _check(temperature: float, chunk_size: int) -> None:
@@ -41,23 +49,28 @@ def _scaled_fp32(chunk: Tensor, temperature: float) -> Tensor:
 
 class _SelectiveLogSoftmax(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits: Tensor, index: Tensor, temperature: float, chunk_size: int) -> Tensor:
-        flat = logits.reshape(-1, logits.shape[-1])  # [R, V], R = B*T
+    def forward(ctx, logits: Tensor, index: Tensor, temperature: float, chunk_size: int, with_entropy: bool):
+        flat = logits.reshape(-1, logits.shape[-1])  # [R, V], R = B*T (a view when logits are contiguous)
         idx = index.reshape(-1, 1)  # [R, 1]
         out = torch.empty(flat.shape[0], dtype=torch.float32, device=logits.device)  # [R]
         lse = torch.empty_like(out)  # [R]
+        ent = torch.empty_like(out) if with_entropy else out.new_empty(0)  # [R] or [0]
         for s in range(0, flat.shape[0], chunk_size):
-            x = _scaled_fp32(flat[s : s + chunk_size], temperature)  # [C, V]
-            lse[s : s + chunk_size] = torch.logsumexp(x, dim=-1)  # [C]
-            picked = x.gather(-1, idx[s : s + chunk_size]).squeeze(-1)  # [C]
-            out[s : s + chunk_size] = picked - lse[s : s + chunk_size]  # [C]
+            e = s + chunk_size
+            x = _scaled_fp32(flat[s:e], temperature)  # [C, V]
+            lse[s:e] = torch.logsumexp(x, dim=-1)  # [C]
+            out[s:e] = x.gather(-1, idx[s:e]).squeeze(-1) - lse[s:e]  # [C]
+            if with_entropy:  # H = lse - sum_v p_v z_v, from the same fp32 chunk (no second pass)
+                zp = x.sub(lse[s:e, None]).exp_().mul_(x)  # [C, V] p * z
+                ent[s:e] = lse[s:e] - zp.sum(dim=-1)  # [C]
         ctx.save_for_backward(logits, index, lse)
         ctx.temperature = temperature
         ctx.chunk_size = chunk_size
-        return out.view(index.shape)  # [B, T]
+        ctx.mark_non_differentiable(ent)
+        return out.view(index.shape), (ent.view(index.shape) if with_entropy else ent)  # [B, T], [B, T]
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor):
+    def backward(ctx, grad_out: Tensor, _grad_entropy=None):
         logits, index, lse = ctx.saved_tensors  # [B, T, V], [B, T], [R]
         tau, chunk_size = ctx.temperature, ctx.chunk_size
         flat = logits.reshape(-1, logits.shape[-1])  # [R, V]
@@ -72,7 +85,7 @@ class _SelectiveLogSoftmax(torch.autograd.Function):
             if tau != 1.0:
                 gc.div_(tau)  # [C, V]
             grad[s:e] = gc  # [C, V] cast to the logits' dtype
-        return grad.view(logits.shape), None, None, None  # [B, T, V]
+        return grad.view(logits.shape), None, None, None, None  # [B, T, V]
 
 
 def selective_log_softmax(
@@ -96,7 +109,26 @@ def selective_log_softmax(
             f"index shape {tuple(index.shape)} must equal logits shape without the vocabulary "
             f"dimension {tuple(logits.shape[:-1])}"
         )
-    return _SelectiveLogSoftmax.apply(logits, index.long(), float(temperature), chunk_size)  # [B, T]
+    return _SelectiveLogSoftmax.apply(logits, index.long(), float(temperature), chunk_size, False)[0]  # [B, T]
+
+
+def selective_log_softmax_with_entropy(
+    logits: Tensor,
+    index: Tensor,
+    temperature: float = 1.0,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> tuple[Tensor, Tensor]:
+    """(:func:`selective_log_softmax`, :func:`entropy_from_logits`) from ONE chunked pass over the
+    logits: each fp32 chunk is made once and gives the logsumexp, the picked log-prob and the entropy.
+    The log-probs are differentiable as in :func:`selective_log_softmax`; the entropy is a metric
+    (no gradient). Both fp32 [B, T]."""
+    _check(temperature, chunk_size)
+    if logits.shape[:-1] != index.shape:
+        raise ValueError(
+            f"index shape {tuple(index.shape)} must equal logits shape without the vocabulary "
+            f"dimension {tuple(logits.shape[:-1])}"
+        )
+    return _SelectiveLogSoftmax.apply(logits, index.long(), float(temperature), chunk_size, True)  # [B, T] x 2
 
 
 @torch.no_grad()

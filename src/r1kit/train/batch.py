@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from r1kit.algo import entropy_from_logits, selective_log_softmax
+from r1kit.algo.logprobs import chunk_rows, selective_log_softmax, selective_log_softmax_with_entropy
 
 
 @dataclass
@@ -57,20 +57,92 @@ def collate(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id
     return Batch(input_ids, attn, position_ids, completion_mask, P)
 
 
-def completion_logps(model, batch: Batch, temperature: float = 1.0, with_entropy: bool = False):
+def _prompt_groups(ids: torch.Tensor, attn: torch.Tensor):
+    """Runs of consecutive rows with the same prompt (GRPO's G completions of one prompt).
+
+    Returns (first row of each run [g], run index of every row [b]), or None when no two
+    neighbouring rows share their prompt (nothing to gain from sharing)."""
+    same = ((ids[1:] == ids[:-1]) | (attn[1:] == 0)).all(1) & (attn[1:] == attn[:-1]).all(1)  # [b-1]
+    if not bool(same.any()):
+        return None
+    new_run = torch.cat([same.new_ones(1), ~same])  # [b]
+    return new_run.nonzero().squeeze(1), new_run.long().cumsum(0) - 1  # [g], [b]
+
+
+def _can_share_prompts(model) -> bool:
+    """Prompt sharing runs the model twice per micro-batch (prompt with a KV cache, then completions);
+    keep the single plain forward for FSDP-sharded models, encoder-decoders and sliding-window attention."""
+    if type(model).__name__.startswith("FSDP"):
+        return False
+    cfg = getattr(model, "config", None)
+    return cfg is not None and not getattr(cfg, "is_encoder_decoder", False) and \
+        not getattr(cfg, "use_sliding_window", False)
+
+
+def completion_logps(model, batch: Batch, temperature: float = 1.0, with_entropy: bool = False,
+                     share_prompts: bool = True):
     """Per-token log-probs of the completion tokens (and optionally entropies), each [B, T].
 
     Logits are divided by `temperature`, as in sampling, so the ratio pi_theta / pi_old compares
     the same distributions the engine sampled from.
+
+    Work done (the result is the same as one plain forward over [prompt | completion]):
+    - the micro-batch is trimmed to its live columns: prompt columns that are padding in every row
+      and completion columns past its longest completion are not run (zeros are returned there);
+    - the last completion token is never fed (its output predicts nothing we score), so the logits
+      are exactly [b, T, V], contiguous: no strided copy before the log-softmax;
+    - `share_prompts`: rows that repeat the previous row's prompt (a GRPO group) share ONE prompt
+      forward: the unique prompts run once with a KV cache, the cache is repeated to the rows, and
+      the completions run on top of it. Gradients flow back through the shared cache (summed over
+      the group, as in the per-row forward). With G completions per prompt this removes (G-1)/G of
+      the prompt tokens from the forward and backward;
+    - log-probs and entropy come from one chunked fp32 pass (`selective_log_softmax_with_entropy`).
     """
-    T = batch.input_ids.shape[1] - batch.prompt_len
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                position_ids=batch.position_ids, logits_to_keep=T + 1, use_cache=False)
-    logits = out.logits[:, :-1, :]  # [B, T, V]  position t predicts completion token t
-    targets = batch.input_ids[:, batch.prompt_len:]  # [B, T]
+    B, P = len(batch), batch.prompt_len
+    T = batch.input_ids.shape[1] - P
+    attn = batch.attention_mask
+    live_prompt = attn[:, :P].any(0)  # [P]
+    first = int(live_prompt.long().argmax()) if bool(live_prompt.any()) else P
+    Tk = max(1, int(attn[:, P:].sum(1).max()))  # right padding: completions are contiguous from column P
+    ids = batch.input_ids[:, first:P + Tk]  # [B, P' + Tk]
+    am = attn[:, first:P + Tk]
+    pos = batch.position_ids[:, first:P + Tk]
+    P2 = P - first
+    targets = ids[:, P2:]  # [B, Tk]
     t = temperature if temperature > 0 else 1.0
-    logps = selective_log_softmax(logits, targets, temperature=t)  # [B, T]
-    entropy = entropy_from_logits(logits.detach(), temperature=t) if with_entropy else None  # [B, T]
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None) or 1
+    chunk = chunk_rows(vocab)
+
+    def score(logits, index):  # [b, n, V], [b, n] -> log-probs (and entropies) [b, n]
+        if with_entropy:
+            lp, ent = selective_log_softmax_with_entropy(logits, index, temperature=t, chunk_size=chunk)
+            return lp, ent.detach()
+        return selective_log_softmax(logits, index, temperature=t, chunk_size=chunk), None
+
+    groups = _prompt_groups(ids[:, :P2], am[:, :P2]) if share_prompts and P2 > 0 and B > 1 else None
+    if groups is not None and _can_share_prompts(model):
+        starts, row_group = groups
+        pout = model(input_ids=ids[starts, :P2], attention_mask=am[starts, :P2], position_ids=pos[starts, :P2],
+                     use_cache=True, logits_to_keep=1)
+        first_logits = pout.logits[:, -1:, :].index_select(0, row_group)  # [B, 1, V] predicts token 0
+        lp0, ent0 = score(first_logits, targets[:, :1])
+        if Tk > 1:
+            cache = pout.past_key_values
+            cache.batch_select_indices(row_group)  # every row gets its prompt's keys/values (differentiable)
+            out = model(input_ids=ids[:, P2:-1], attention_mask=am[:, :-1], position_ids=pos[:, P2:-1],
+                        past_key_values=cache, use_cache=True, logits_to_keep=0)
+            lp1, ent1 = score(out.logits, targets[:, 1:])  # [B, Tk-1, V] -> [B, Tk-1]
+            logps = torch.cat([lp0, lp1], 1)
+            entropy = torch.cat([ent0, ent1], 1) if with_entropy else None
+        else:
+            logps, entropy = lp0, ent0
+    else:
+        out = model(input_ids=ids[:, :-1], attention_mask=am[:, :-1], position_ids=pos[:, :-1],
+                    logits_to_keep=Tk, use_cache=False)
+        logps, entropy = score(out.logits, targets)  # logits [B, Tk, V]: position t predicts token t
+    if Tk < T:  # back to the batch's width; the trimmed columns are outside every mask
+        logps = torch.nn.functional.pad(logps, (0, T - Tk))
+        entropy = torch.nn.functional.pad(entropy, (0, T - Tk)) if entropy is not None else None
     return logps, entropy
 
 
