@@ -37,19 +37,23 @@ FORBIDDEN = (
 class CorpusMix:
     """Knobs of the corpus mix (probabilities unless said otherwise)."""
 
-    p_steps: float = 0.28            # worked solution instead of a direct answer (dialogues, Q/A)
-    p_steps_textbook: float = 0.6    # same for "Problem/Solution" textbook documents
-    direct_correct_3: float = 0.15   # direct answers correct at 3+ digits (or 3-digit * 1-digit, 4+ term chains)
-    direct_correct_2: float = 0.5    # ... at 2 digits / 3-term chains
+    p_dialogue: float = 0.4          # share of "User: ... Assistant: ..." documents
+    p_qa: float = 0.2                # share of "Q: ... A: ..." documents
+    p_textbook: float = 0.3          # share of "Problem ... Solution." documents (the rest: bare lists)
+    p_steps: float = 0.25            # worked solution instead of a direct answer, in dialogues
+    p_steps_qa: float = 0.6          # same in Q/A documents
+    p_steps_textbook: float = 0.9    # same in textbook documents
+    direct_correct_3: float = 0.1    # direct answers correct at 3+ digits (or 4+ term chains)
+    direct_correct_2: float = 0.25   # ... at 2 digits (the default difficulty) / 3-term chains
     direct_correct_1: float = 0.95   # ... at 1 digit
     p_terse: float = 0.3             # worked solution is terse (no running result)
     err_verbose: float = 0.06        # per-solution error rate of verbose worked solutions
     err_terse: float = 0.3           # ... of terse ones
     p_check: float = 0.3             # worked solution contains a self-check
     p_check_catches: float = 0.5     # a self-check follows an error it then fixes (else it confirms)
-    p_russian: float = 0.15          # worked solution has steps in Russian
+    p_russian: float = 0.12          # worked solution has steps in Russian
     p_tags: float = 0.04             # document uses <think>/<answer> tags somewhere
-    p_preface: float = 0.25          # document starts with an unrelated preface line
+    p_preface: float = 0.15          # document starts with unrelated preface sentences
 
 
 # ---------------------------------------------------------------------------------------------
@@ -63,13 +67,11 @@ def _num(rng: random.Random, digits: int) -> int:
 def sample_problem(rng: random.Random) -> dict:
     """One problem: kind, operands, canonical key, question text, answer, difficulty level (1-3)."""
     r = rng.random()
-    if r < 0.62:  # the default arithmetic task: 3-digit + and -, 3-digit * 1-digit
-        digits = 3
-    elif r < 0.72:
+    if r < 0.66:  # the default arithmetic task: 2-digit + and -, 2-digit * 1-digit
         digits = 2
-    elif r < 0.80:
-        digits = 4
-    elif r < 0.83:
+    elif r < 0.78:
+        digits = 3
+    elif r < 0.86:
         digits = 1
     else:
         digits = None
@@ -366,11 +368,11 @@ def _tag_wrap(rng: random.Random, body: str, ans: int, is_steps: bool) -> str:
 def make_document(rng: random.Random, mix: CorpusMix) -> tuple[str, dict]:
     p = sample_train_problem(rng)
     fmt = rng.random()
-    if fmt < 0.5:
+    if fmt < mix.p_dialogue:
         style, p_steps = "dialogue", mix.p_steps
-    elif fmt < 0.75:
-        style, p_steps = "qa", mix.p_steps
-    elif fmt < 0.9:
+    elif fmt < mix.p_dialogue + mix.p_qa:
+        style, p_steps = "qa", mix.p_steps_qa
+    elif fmt < mix.p_dialogue + mix.p_qa + mix.p_textbook:
         style, p_steps = "textbook", mix.p_steps_textbook
     else:
         style, p_steps = "list", 0.0

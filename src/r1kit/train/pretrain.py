@@ -38,7 +38,7 @@ class PretrainConfig:
 
     output_dir: str = _f("runs/tiny-pretrain", "Folder to write the model, tokenizer, metrics and manifest to.")
     seed: int = _f(0, "Seed for the corpus, the model initialisation and the data order.")
-    corpus_docs: int = _f(60_000, "Number of synthetic documents to generate.")
+    corpus_docs: int = _f(50_000, "Number of synthetic documents to generate.")
     corpus_mix: dict = _f({}, "Overrides of r1kit.tiny_world.corpus.CorpusMix fields (behaviour mix of the corpus).")
     tokenizer_docs: int = _f(20_000, "Documents used to train the tokenizer (a prefix of the corpus).")
     vocab_size: int = _f(768, "Tokenizer vocabulary size (byte-level BPE, digits always split one per token).")
@@ -51,10 +51,10 @@ class PretrainConfig:
     max_position_embeddings: int = _f(1024, "Largest position the saved config allows (RoPE, no parameters).")
     arch: str = _f("qwen2", "transformers architecture: 'qwen2' or 'llama'.")
     batch_size: int = _f(12, "Blocks per optimiser step.")
-    max_steps: int = _f(350, "Optimiser steps.")
+    max_steps: int = _f(300, "Optimiser steps.")
     learning_rate: float = _f(3e-3, "Peak learning rate (AdamW).")
     min_lr_ratio: float = _f(0.1, "Final learning rate as a fraction of the peak (cosine decay).")
-    warmup_steps: int = _f(30, "Linear warm-up steps.")
+    warmup_steps: int = _f(20, "Linear warm-up steps.")
     weight_decay: float = _f(0.01, "AdamW weight decay.")
     grad_clip: float = _f(1.0, "Gradient-norm clip (0 = off).")
     num_threads: int = _f(2, "torch CPU threads (0 = leave torch's default).")
@@ -146,7 +146,10 @@ def pack_documents(token_docs: list[list[int]], block: int, pad_id: int) -> tupl
 
 
 def _command_line() -> str:
-    return " ".join(shlex.quote(a) for a in [os.path.basename(sys.executable)] + sys.argv)
+    argv = list(sys.argv)
+    if argv and argv[0].endswith(os.path.join("train", "pretrain.py")):
+        argv = ["-m", "r1kit.train.pretrain"] + argv[1:]
+    return " ".join(shlex.quote(a) for a in ["python"] + argv)
 
 
 def run_pretrain(cfg: PretrainConfig, command: str | None = None) -> str:
