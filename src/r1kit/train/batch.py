@@ -71,9 +71,8 @@ def _prompt_groups(ids: torch.Tensor, attn: torch.Tensor):
 
 def _can_share_prompts(model) -> bool:
     """Prompt sharing runs the model twice per micro-batch (prompt with a KV cache, then completions);
-    keep the single plain forward for FSDP-sharded models, encoder-decoders and sliding-window attention."""
-    if type(model).__name__.startswith("FSDP"):
-        return False
+    keep the single plain forward for encoder-decoders and sliding-window attention. (FSDP2 models
+    share too: each forward gathers and reshards the weights; backward gathers them once more.)"""
     cfg = getattr(model, "config", None)
     return cfg is not None and not getattr(cfg, "is_encoder_decoder", False) and \
         not getattr(cfg, "use_sliding_window", False)
