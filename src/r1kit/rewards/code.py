@@ -21,37 +21,12 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 from r1kit.sandbox import Limits, Sandbox, Verdict, require_isolation, sandbox_stats
+from r1kit.rewards.text import completion_text
 from r1kit.sandbox.cases import parse_verification_info, run_tests
 
 _CODE_TAGS = ("python", "python3", "py")
-
-
-def _content_text(content: Any) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, (list, tuple)):
-        return "".join(p if isinstance(p, str) else (p.get("text") or "")
-                       for p in content if isinstance(p, (str, dict)))
-    return str(content)
-
-
-def _completion_text(completion: Any) -> str:
-    if completion is None:
-        return ""
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, dict):
-        return _content_text(completion.get("content"))
-    if isinstance(completion, (list, tuple)):
-        msgs = [m for m in completion if isinstance(m, dict)]
-        chosen = [m for m in msgs if m.get("role") == "assistant"] or msgs
-        return "".join(_content_text(m.get("content")) for m in chosen)
-    return str(completion)
 
 
 def answer_region(text: str) -> str:
@@ -152,7 +127,7 @@ def make_code_reward(all_or_nothing: bool = False, *, timeout: float = 2.0,
             except ValueError:
                 stats.add("invalid_verification_info")
                 continue
-            code = extract_code(answer_region(_completion_text(comp)))
+            code = extract_code(answer_region(completion_text(comp)))
             if code is None or not code.strip():
                 stats.add("no_code")
                 out[i] = 0.0
