@@ -60,10 +60,8 @@ def train(cfg: GRPOConfig, callback=None) -> Path:
     out = Path(cfg.output_dir)
 
     # ---- model, tokenizer, reference model, data, rewards -------------------------------------
-    lora = None if cfg.lora_r == 0 else dict(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-                                               target_modules=cfg.lora_target_modules or "all-linear")
     model, tokenizer = load_model_and_tokenizer(cfg.model_name_or_path, dtype=cfg.dtype, device=str(rt.device),
-                                                tokenizer_name_or_path=cfg.tokenizer_name_or_path, lora=lora)
+                                                tokenizer_name_or_path=cfg.tokenizer_name_or_path, lora=cfg.lora())
     model.train()
     ref_model = reference_model(model) if cfg.beta > 0 else None
     model = rt.prepare_model(model)  # rank 0's weights on every rank; fsdp2: sharded

@@ -5,22 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from r1kit.config import field
+from r1kit.train.common_config import ModelArgs, TrainingArgs
+from r1kit.train.common_config import need as common_need
 
 LOSS_TYPES = ("grpo", "dapo", "dr_grpo")
 SCALES = ("group", "batch", "none")
 
 
 @dataclass
-class GRPOConfig:
-    # ---- model ----
-    model_name_or_path: str = field("r1kit:tiny", help="Local folder, hub id, a .gguf file, or r1kit:tiny (a small model built locally).")
-    tokenizer_name_or_path: str | None = field(None, help="Tokenizer to use when it differs from the model's.")
-    dtype: str = field("auto", help="auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16 or float16.")
-    lora_r: int = field(0, help="LoRA rank; 0 trains all weights.")
-    lora_alpha: int = field(16, help="LoRA alpha.")
-    lora_dropout: float = field(0.0, help="LoRA dropout.")
-    lora_target_modules: list[str] | None = field(None, help="Module names LoRA wraps (default: all linear layers).")
-
+class GRPOConfig(TrainingArgs, ModelArgs):
     # ---- data ----
     dataset_name: str = field("r1kit:arithmetic", help="Hub id, local folder, .jsonl/.parquet file, or r1kit:TASK.")
     dataset_config: str | None = field(None, help="Hub dataset configuration name.")
@@ -35,7 +28,7 @@ class GRPOConfig:
     reward_funcs: list[str] = field(["accuracy", "format"], help="Reward function names or dotted import paths.")
     reward_weights: list[float] | None = field(None, help="One weight per reward function (default: all 1).")
     allow_unsandboxed: bool = field(False, help="Let the code reward run model-written code without bubblewrap isolation.")
-    reward_timeout_s: float | None = field(None, help="Per-call deadline for reward functions, run in a killable worker.")
+    reward_timeout_s: float | None = field(None, help="Per-row deadline (seconds) for reward functions, run in a killable worker: a row past it scores None.")
     max_reward_failure_fraction: float | None = field(0.5, help="Stop the run (after checkpointing the last completed step) when a reward function fails (raises, NaN/inf, wrong length, deadline) on more than this fraction of a step's rows; null never stops.")
 
     # ---- generation ----
@@ -62,35 +55,23 @@ class GRPOConfig:
     dynamic_sampling: bool = field(False, help="DAPO: drop groups whose rewards all agree and refill the batch.")
     max_resample_rounds: int = field(4, help="Dynamic sampling: at most this many extra generation rounds per step.")
 
-    # ---- optimisation ----
+    # ---- optimisation and outputs: TrainingArgs, with GRPO's defaults ----
     learning_rate: float = field(1e-6, help="Peak learning rate of AdamW.")
-    lr_scheduler_type: str = field("linear", help="Any transformers scheduler name (linear, cosine, constant, ...).")
-    warmup_ratio: float = field(0.0, help="Fraction of optimizer steps spent warming up.")
-    weight_decay: float = field(0.0, help="AdamW weight decay.")
-    adam_beta1: float = field(0.9, help="AdamW beta1.")
     adam_beta2: float = field(0.99, help="AdamW beta2.")
-    max_grad_norm: float = field(1.0, help="Gradient clipping norm; a non-finite norm skips the step.")
     max_steps: int = field(-1, help="Training steps (each: one generation batch); -1 = from num_train_epochs.")
     num_train_epochs: float = field(1.0, help="Passes over the prompts, when max_steps is -1.")
     per_device_train_batch_size: int = field(8, help="Completions per micro-batch per device (TRL's meaning).")
-    gradient_accumulation_steps: int = field(1, help="Micro-batches per optimizer step.")
-    distributed_strategy: str = field("auto", help="Multi-process data parallel: ddp, fsdp2, or auto (fsdp2 when accelerate launch says FSDP/ZeRO-2/3, else ddp).")
-    seed: int = field(42, help="Seed for data order, sampling and initialisation.")
-
-    # ---- outputs ----
     output_dir: str = field("outputs/grpo", help="Where metrics, completions, checkpoints and the model go.")
-    save_steps: int = field(100, help="Checkpoint every this many steps (0 = only at the end).")
-    save_total_limit: int | None = field(None, help="Keep only this many checkpoints.")
     logging_steps: int = field(1, help="Log metrics every this many steps.")
-    report_to: list[str] = field(["none"], help="none, tensorboard, wandb or trackio.")
     log_completions: bool = field(True, help="Write prompts, completions, rewards and advantages per step.")
-    resume_from_checkpoint: str | None = field(None, help="A checkpoint folder, or true for the latest in output_dir.")
-    disable_tqdm: bool = field(False, help="Hide the progress bar.")
+    distributed_strategy: str = field("auto", help="Multi-process data parallel: ddp, fsdp2, or auto (fsdp2 when accelerate launch says FSDP/ZeRO-2/3, else ddp).")
 
     def __post_init__(self):
+        ModelArgs.__post_init__(self)
+        TrainingArgs.__post_init__(self)
+
         def need(cond: bool, name: str, msg: str):
-            if not cond:
-                raise ValueError(f"'{name}' {msg}, got {getattr(self, name)!r}")
+            common_need(self, cond, name, msg)
 
         need(self.loss_type in LOSS_TYPES, "loss_type", f"must be one of {list(LOSS_TYPES)}")
         if isinstance(self.scale_rewards, bool) or self.scale_rewards in ("true", "false", "True", "False"):
@@ -100,8 +81,6 @@ class GRPOConfig:
         need(self.template in ("r1_zero", "chat"), "template", "must be r1_zero or chat")
         need(self.num_generations >= 1, "num_generations", "must be >= 1")
         need(self.distributed_strategy in ("auto", "ddp", "fsdp2"), "distributed_strategy", "must be auto, ddp or fsdp2")
-        need(self.per_device_train_batch_size >= 1, "per_device_train_batch_size", "must be >= 1")
-        need(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps", "must be >= 1")
         need(self.num_iterations >= 1, "num_iterations", "must be >= 1")
         need(self.max_completion_length >= 1, "max_completion_length", "must be >= 1")
         need(self.max_prompt_length >= 1, "max_prompt_length", "must be >= 1")
@@ -109,12 +88,8 @@ class GRPOConfig:
         need(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
         need(self.beta >= 0, "beta", "must be >= 0")
         need(self.epsilon >= 0, "epsilon", "must be >= 0")
-        need(self.learning_rate >= 0, "learning_rate", "must be >= 0")
-        need(self.max_steps != 0, "max_steps", "must be positive or -1")
-        need(self.logging_steps >= 1, "logging_steps", "must be >= 1")
         need(self.max_reward_failure_fraction is None or 0 <= self.max_reward_failure_fraction <= 1,
              "max_reward_failure_fraction", "must be in [0, 1] or null")
-        need(self.save_total_limit is None or self.save_total_limit >= 1, "save_total_limit", "must be >= 1")
         need(len(self.reward_funcs) >= 1, "reward_funcs", "must name at least one reward function")
         need(
             self.reward_weights is None or len(self.reward_weights) == len(self.reward_funcs),
@@ -123,8 +98,3 @@ class GRPOConfig:
         need(self.batch_size % self.num_generations == 0, "per_device_train_batch_size",
              f"x gradient_accumulation_steps ({self.batch_size}) must be a multiple of "
              f"num_generations ({self.num_generations}) so every group is whole")
-
-    @property
-    def batch_size(self) -> int:
-        """Completions per step on one device: micro-batch size x accumulation steps."""
-        return self.per_device_train_batch_size * self.gradient_accumulation_steps

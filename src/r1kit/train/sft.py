@@ -55,10 +55,8 @@ def train(cfg: SFTConfig) -> Path:
     out = Path(cfg.output_dir)
 
     # ---- model, tokenizer, data -----------------------------------------------------------------
-    lora = None if cfg.lora_r == 0 else dict(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-                                               target_modules=cfg.lora_target_modules or "all-linear")
     model, tokenizer = load_model_and_tokenizer(cfg.model_name_or_path, dtype=cfg.dtype, device=str(rt.device),
-                                                tokenizer_name_or_path=cfg.tokenizer_name_or_path, lora=lora)
+                                                tokenizer_name_or_path=cfg.tokenizer_name_or_path, lora=cfg.lora())
     model.train()
     data = prepare_data(cfg, tokenizer)
     rows = data["rows"]  # each: a list of one example (or several, packed)
