@@ -55,9 +55,15 @@ def test_reward_that_scores_nothing_does_not_crash_the_loop(tmp_path):
     assert [s for s, _ in list_checkpoints(out)] == [1, 2]
 
 
-def test_reward_that_never_returns_is_killed_at_its_deadline(tmp_path, caplog):
+def _spawn_workers() -> list:
     import psutil
 
+    return [p for p in psutil.Process().children(recursive=True) if "spawn_main" in " ".join(p.cmdline())]
+
+
+def test_reward_that_never_returns_is_killed_at_its_deadline(tmp_path, caplog):
+    """The deadline is per row: the whole batch gets ROWS x 1 s, then rows alone get 1 s each, and
+    after 3 rows past their deadline (MAX_ROW_TIMEOUTS) the rest of the batch is given up."""
     caplog.set_level(logging.WARNING, logger="r1kit.rewards")
     t0 = time.monotonic()
     out = train(tiny_cfg(tmp_path, reward_funcs=[BAD + "digits", BAD + "sleep_forever"], reward_timeout_s=1.0,
@@ -66,11 +72,32 @@ def test_reward_that_never_returns_is_killed_at_its_deadline(tmp_path, caplog):
     row = read_metrics(out)[0]
     assert row["reward_errors/sleep_forever"] == ROWS and row["reward_errors/digits"] == 0
     assert math.isfinite(row["loss"]) and math.isfinite(row["reward"])
-    assert took < 30  # worker start-up + one 1 s deadline, not an hour
-    assert any("reward 'sleep_forever' passed its 1 s deadline; worker killed" in r.getMessage() for r in caplog.records)
-    # the worker running it was killed and reaped: no spawn worker of this process is left
-    workers = [p for p in psutil.Process().children(recursive=True) if "spawn_main" in " ".join(p.cmdline())]
-    assert workers == []
+    assert took < 30  # worker start-ups + a 4 s batch deadline + 3 one-second rows, not an hour
+    messages = [r.getMessage() for r in caplog.records]
+    for i in range(3):
+        assert f"reward 'sleep_forever': row {i}: passed its 1 s deadline; worker killed" in messages
+    assert any("reward 'sleep_forever': rows 3..3 not scored (1 rows): gave up" in m for m in messages)
+    # the workers that ran it were killed and reaped (the last one hung): no spawn worker is left
+    assert _spawn_workers() == []
+
+
+def test_reward_that_hangs_on_one_row_loses_that_row_only(tmp_path, caplog, scripted_engine):
+    """One completion of the step makes the reward hang: that row alone is lost (1 of 4, under
+    max_reward_failure_fraction=0.5, so the run goes on) and its warning names it."""
+    texts = ["12", "HANG 1", "123", "1"]
+    scripted_engine(lambda k: ([5, 6, 0], texts[k % 4], "eos"))
+    caplog.set_level(logging.WARNING, logger="r1kit.rewards")
+    out = train(tiny_cfg(tmp_path, reward_funcs=[BAD + "digits", BAD + "hang_on_marker"], reward_timeout_s=0.5))
+    row = read_metrics(out)[0]
+    assert row["reward_errors/hang_on_marker"] == 1 and row["reward_errors/digits"] == 0
+    assert math.isfinite(row["loss"]) and math.isfinite(row["reward"])
+    warnings = [r.getMessage() for r in caplog.records if r.name == "r1kit.rewards"]
+    assert warnings == ["reward 'hang_on_marker': row 1: passed its 0.5 s deadline; worker killed"]
+    from r1kit.rewards._worker import shutdown, worker_pid
+
+    assert [p.pid for p in _spawn_workers()] == [worker_pid()]  # the one kept for the next step
+    shutdown()
+    assert _spawn_workers() == []
 
 
 def test_too_many_failures_stop_with_a_checkpoint_and_resume(tmp_path):

@@ -3,7 +3,8 @@
 A function that raises, returns the wrong number of values, or returns non-numbers / NaN / inf
 gets its bad values turned into ``None`` (NaN in the tensor), ``errors[name]`` raised by the
 number of rows lost, and one warning on the ``r1kit.rewards`` logger naming the function, the
-first offending row and the reason.
+first offending row and the reason. With ``timeout_s`` the deadline is per row: see
+:func:`score_completions`; a row that passes it is lost alone, with one warning naming it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import torch
 from r1kit.rewards.registry import get_reward
 
 logger = logging.getLogger("r1kit.rewards")
+
+MAX_ROW_TIMEOUTS = 3  # rows of one batch that may pass their deadline before the rest is given up
 
 
 @dataclass
@@ -97,6 +100,82 @@ def _check(name: str, out: Any, n: int) -> tuple[list[float], int, str | None]:
     return values, bad, first
 
 
+def _score_in_process(fn, name: str, prompts, completions, columns: dict) -> tuple[list[float], int, list[str]]:
+    """(n floats with NaN, rows lost, warnings) of one function called here on the whole batch."""
+    n = len(completions)
+    try:
+        out = fn(prompts, completions, **columns)
+    except Exception as exc:
+        return [math.nan] * n, n, [f"reward {name!r} raised {type(exc).__name__}: {exc} (row 0; whole batch of {n})"]
+    values, bad, message = _check(name, out, n)
+    return values, bad, [message] if message is not None else []
+
+
+def _score_in_worker(fn, name: str, prompts, completions, columns: dict, timeout_s: float, batch_deadline_s: float,
+                     max_row_timeouts: int) -> tuple[list[float], int, list[str]]:
+    """(n floats with NaN, rows lost, warnings) of one function run in the killable worker: the
+    whole batch under ``batch_deadline_s``; if it passes that (or kills its worker), row by row."""
+    from r1kit.rewards._worker import NotPicklable, session
+
+    n = len(completions)
+    whole = f"(row 0; whole batch of {n})"
+    try:
+        with session(fn, prompts, completions, columns) as s:
+            kind, payload = s.call(batch_deadline_s)
+            if kind == "ok":
+                values, bad, message = _check(name, payload, n)
+                return values, bad, [message] if message is not None else []
+            if kind in ("err", "broken"):
+                return [math.nan] * n, n, [f"reward {name!r} failed in the worker: {payload} {whole}"]
+            why = (f"passed its batch deadline of {batch_deadline_s:g} s" if kind == "timeout" else payload)
+            logger.info("reward %r: %s (%d rows); worker killed, scoring the rows one at a time", name, why, n)
+            return _score_rows(s, name, n, timeout_s, max_row_timeouts)
+    except NotPicklable as exc:
+        return [math.nan] * n, n, [f"reward {name!r} {exc} {whole}"]
+
+
+def _score_rows(s, name: str, n: int, timeout_s: float, max_row_timeouts: int) -> tuple[list[float], int, list[str]]:
+    """Isolation: each row alone in the worker under ``timeout_s``. A row that passes its deadline or
+    kills the worker → NaN and one warning naming it (the worker is restarted for the next row);
+    after ``max_row_timeouts`` of those the remaining rows are given up (one warning). Other bad
+    rows (raised, not one value, non-number / NaN / inf) → NaN and one summary warning."""
+    values, lost, messages = [math.nan] * n, 0, []
+    hung, bad, first_bad = 0, 0, None
+    for i in range(n):
+        if hung >= max(max_row_timeouts, 0):
+            rest = n - i
+            lost += rest
+            messages.append(f"reward {name!r}: rows {i}..{n - 1} not scored ({rest} rows): gave up after "
+                            f"{hung} rows passed their {timeout_s:g} s deadline or killed the worker")
+            break
+        kind, payload = s.call(timeout_s, row=i)
+        reason = None
+        if kind == "broken":  # no worker to run the rest in: give it up rather than retry each row
+            lost += n - i
+            messages.append(f"reward {name!r}: rows {i}..{n - 1} not scored ({n - i} rows): {payload}")
+            break
+        if kind in ("timeout", "died"):
+            hung += 1
+            lost += 1
+            messages.append(f"reward {name!r}: row {i}: passed its {timeout_s:g} s deadline; worker killed"
+                            if kind == "timeout" else f"reward {name!r}: row {i}: {payload}")
+            continue
+        if kind == "err":
+            reason = f"raised {payload}"
+        elif payload is None or len(payload) != 1:
+            reason = f"returned {'None' if payload is None else len(payload)} values for 1 completion"
+        else:
+            values[i], reason = _as_float(payload[0])
+        if reason is not None:
+            values[i] = math.nan
+            bad += 1
+            lost += 1
+            first_bad = first_bad or f"reward {name!r}: row {i}: {reason}"
+    if bad:
+        messages.append(f"{first_bad} ({bad} of {n} rows unusable, scored one at a time)")
+    return values, lost, messages
+
+
 def score_completions(
     funcs: Sequence[Callable | str],
     weights: Sequence[float] | None,
@@ -105,6 +184,9 @@ def score_completions(
     columns: dict[str, Any] | None = None,
     names: Sequence[str] | None = None,
     timeout_s: float | None = None,
+    *,
+    batch_timeout_s: float | None = None,
+    max_row_timeouts: int = MAX_ROW_TIMEOUTS,
 ) -> RewardBatch:
     """Call each reward ``fn(prompts, completions, **columns)`` and collect a :class:`RewardBatch`.
 
@@ -113,11 +195,19 @@ def score_completions(
     function (``None`` = all 1.0). ``names`` default to the names given / the functions'
     ``__name__`` (duplicates get ``_2``, ``_3``…).
 
-    ``timeout_s``: when set, each function runs in a separate worker process (``spawn``) and is
-    killed if it has not answered within ``timeout_s`` seconds; its values for the batch become
-    ``None``. On that path the functions and the batch must be picklable: registered rewards,
-    import paths, module-level functions and instances of module-level classes are; lambdas and
-    closures are not (they are reported as errors). ``None`` (default): called in-process.
+    ``timeout_s``: when set, a per-row deadline, each function running in a separate worker
+    process (``spawn``) that is killed when it passes it. The whole batch is tried first under
+    ``batch_timeout_s`` (default ``timeout_s`` × rows, so a function within its per-row budget is
+    never killed); if that passes (or the worker dies), the rows are scored one at a time, each
+    under ``timeout_s``, in a fresh worker: a row that passes its deadline becomes ``None`` (one
+    warning naming the function and the row; the worker is killed and restarted for the next row).
+    After ``max_row_timeouts`` such rows the rest of the batch is given up (``None``, one warning),
+    so a function that hangs on every row costs about ``batch_timeout_s + max_row_timeouts ×
+    timeout_s`` plus worker restarts, not rows × ``timeout_s``. A function that raises on the whole
+    batch loses the whole batch, as in-process. On this path the functions and the batch must be
+    picklable: registered rewards, import paths, module-level functions and instances of
+    module-level classes are; lambdas and closures are not (they are reported as errors). ``None``
+    (default): called in-process, no deadline.
     """
     funcs = list(funcs)
     fns = [get_reward(f) for f in funcs]
@@ -134,26 +224,13 @@ def score_completions(
     errors = {name: 0 for name in names}
     for f, (fn, name) in enumerate(zip(fns, names)):
         if timeout_s is None:
-            try:
-                out = fn(prompts, completions, **columns)
-            except Exception as exc:
-                out, status = None, f"reward {name!r} raised {type(exc).__name__}: {exc} (row 0; whole batch of {n})"
-            else:
-                status = None
+            values, lost, messages = _score_in_process(fn, name, prompts, completions, columns)
         else:
-            from r1kit.rewards._worker import run_with_deadline
-
-            kind, payload = run_with_deadline(fn, prompts, completions, columns, timeout_s)
-            out, status = (payload, None) if kind == "ok" else (None, (
-                f"reward {name!r} passed its {timeout_s:g} s deadline; worker killed (row 0; whole batch of {n})"
-                if kind == "timeout" else f"reward {name!r} failed in the worker: {payload} (row 0; whole batch of {n})"))
-        if status is not None:
-            errors[name] += n
-            logger.warning(status)
-            continue
-        values, bad, message = _check(name, out, n)
-        if message is not None:
-            errors[name] += bad
+            deadline = batch_timeout_s if batch_timeout_s is not None else timeout_s * max(n, 1)
+            values, lost, messages = _score_in_worker(fn, name, prompts, completions, columns, float(timeout_s),
+                                                      float(deadline), max_row_timeouts)
+        errors[name] += lost
+        for message in messages:
             logger.warning(message)
         if n:
             per_func[:, f] = torch.tensor(values, dtype=torch.float32)
