@@ -235,20 +235,6 @@ def session(fn, prompts, completions, columns: dict):
         yield Session(fn_bytes, args_bytes)
 
 
-def run_with_deadline(fn, prompts, completions, columns: dict, timeout_s: float):
-    """Run ``fn(prompts, completions, **columns)`` on the whole batch in the worker.
-
-    Returns ``("ok", values)``, ``("err", reason)`` or ``("timeout", None)`` (a worker that died
-    during the call, or could not start or load the function, is an ``"err"``); never raises.
-    """
-    try:
-        with session(fn, prompts, completions, columns) as s:
-            kind, payload = s.call(timeout_s)
-    except NotPicklable as exc:
-        return "err", str(exc)
-    return ("err", payload) if kind in ("died", "broken") else (kind, payload)
-
-
 def worker_pid() -> int | None:
     """The pid of the idle worker kept for the next call, if any (for tests and diagnostics)."""
     with _lock:

@@ -77,7 +77,7 @@ class SampleConfig:
     reward_weights: list[float] | None = field(None, help="Weights for the recorded reward_total (default: all 1).")
     verify_reward: str | None = field(None, help="The reward_funcs entry a sample must pass (default: accuracy if listed, else the first); 'total' = the weighted sum.")
     min_reward: float = field(1.0, help="Keep a sample when its verify_reward value is >= this.")
-    reward_timeout_s: float | None = field(None, help="Per-call deadline for reward functions, run in a killable worker.")
+    reward_timeout_s: float | None = field(None, help="Per-row deadline for reward functions, run in a killable worker.")
     # ---- the paper's filters ----
     drop_truncated: bool = field(True, help="Drop samples cut by max_completion_length.")
     language: str = field("en", help="Target language of the chain of thought (code, name or script).")
