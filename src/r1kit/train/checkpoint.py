@@ -207,3 +207,23 @@ def load_checkpoint(ckpt: Path, *, model, optimizer, scheduler) -> dict:
         torch.cuda.set_rng_state_all(rng["cuda"])
     set_python_rng_state(state["python_rng"])
     return state
+
+
+# Options a trainer may change when resuming: they do not change what is trained.
+RESUMABLE_CHANGES = frozenset({"max_steps", "num_train_epochs", "save_steps", "save_total_limit", "logging_steps",
+                               "report_to", "resume_from_checkpoint", "disable_tqdm", "output_dir"})
+
+
+def check_resume(state: dict, config: dict, fingerprint: str, ckpt: Path, data: str = "dataset (or its template)",
+                 also_resumable: frozenset = frozenset()) -> None:
+    """Refuse to resume on changed training data or options; the message names what changed."""
+    from r1kit.data.datasets import DataError
+
+    if state.get("data_fingerprint") != fingerprint:
+        raise DataError(f"{ckpt}: the {data} changed since this checkpoint was written; "
+                        f"resume with the same data or start a new output_dir")
+    old, free = state.get("config", {}), RESUMABLE_CHANGES | also_resumable
+    changed = sorted(k for k in config if k not in free and k in old and old[k] != config[k])
+    if changed:
+        raise ValueError(f"{ckpt}: options changed since this checkpoint: "
+                         + ", ".join(f"{k}: {old[k]!r} -> {config[k]!r}" for k in changed))

@@ -34,7 +34,7 @@ from r1kit.models.loading import load_model_and_tokenizer, save_model
 from r1kit.rewards import get_reward, language_mixing_rate, reward_metrics, score_completions
 from r1kit.rollout import SamplingParams, make_engine
 from r1kit.train.batch import batched_logps, collate, completion_logps
-from r1kit.train.checkpoint import STATE_FILE, find_checkpoint, load_checkpoint, save_checkpoint
+from r1kit.train.checkpoint import STATE_FILE, check_resume, find_checkpoint, load_checkpoint, save_checkpoint
 from r1kit.train.grpo_config import GRPOConfig
 from r1kit.train.sampler import PromptSampler
 from r1kit.train.tracking import Tracker
@@ -42,10 +42,9 @@ from r1kit.utils.dist import Runtime
 
 log = logging.getLogger("r1kit.grpo")
 
-# Options that may change when resuming (they do not change what is trained).
-RESUMABLE_CHANGES = {"max_steps", "num_train_epochs", "save_steps", "save_total_limit", "logging_steps",
-                     "report_to", "log_completions", "resume_from_checkpoint", "disable_tqdm", "output_dir",
-                     "reward_timeout_s", "max_reward_failure_fraction"}
+# Options that may change on resume besides checkpoint.RESUMABLE_CHANGES (they do not change what is trained).
+ALSO_RESUMABLE = frozenset({"log_completions", "reward_timeout_s", "max_reward_failure_fraction"})
+
 
 
 def train(cfg: GRPOConfig, callback=None) -> Path:
@@ -96,7 +95,7 @@ def train(cfg: GRPOConfig, callback=None) -> Path:
         rt.check_resumable()
         ckpt = find_checkpoint(cfg.resume_from_checkpoint, out)
         state = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler)
-        check_resume(state, cfg, data["fingerprint"], ckpt)
+        check_resume(state, to_dict(cfg), data["fingerprint"], ckpt, "dataset (or its template)", ALSO_RESUMABLE)
         sampler.load_state_dict(state["sampler"])
         rt.sync_engine(engine, model)
         log.info("resumed from %s at step %d", ckpt, state["step"])
@@ -382,15 +381,3 @@ def check_reward_failures(errors: dict[str, int], n_rows: int, step: int, cfg: G
         + ", ".join(f"{name!r} lost {n} of {int(total)} rows" for name, n in bad.items())
         + f" (over max_reward_failure_fraction={limit:g}; the r1kit.rewards warnings name the first bad row "
         f"and the reason). {where}, or raise max_reward_failure_fraction (null turns this check off).")
-
-
-def check_resume(state: dict, cfg: GRPOConfig, fingerprint: str, ckpt: Path) -> None:
-    """Refuse to resume on changed data or training options; name what changed."""
-    if state.get("data_fingerprint") != fingerprint:
-        raise DataError(f"{ckpt}: the dataset (or its template) changed since this checkpoint was written; "
-                        f"resume with the same data or start a new output_dir")
-    old, new = state.get("config", {}), to_dict(cfg)
-    changed = sorted(k for k in new if k not in RESUMABLE_CHANGES and k in old and old[k] != new[k])
-    if changed:
-        raise ValueError(f"{ckpt}: options changed since this checkpoint: "
-                         + ", ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in changed))

@@ -33,7 +33,7 @@ from r1kit.data.datasets import DataError
 from r1kit.models.loading import TINY_PREFIX, load_model_and_tokenizer, save_model
 from r1kit.rewards.reward_model import (META_FILE, load_reward_model, prepare_reward_tokenizer, resolve_template,
                                         rm_text, segment_text)
-from r1kit.train.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from r1kit.train.checkpoint import check_resume, find_checkpoint, load_checkpoint, save_checkpoint
 from r1kit.train.rm_config import RMConfig
 from r1kit.train.sampler import PromptSampler
 from r1kit.train.tracking import Tracker
@@ -42,8 +42,6 @@ log = logging.getLogger("r1kit.rm")
 
 PREFERENCES = "r1kit:preferences"
 DEFAULT_PAIRS = 2000
-RESUMABLE_CHANGES = {"max_steps", "num_train_epochs", "save_steps", "save_total_limit", "logging_steps",
-                     "eval_steps", "report_to", "resume_from_checkpoint", "disable_tqdm", "output_dir"}
 
 
 def train(cfg: RMConfig) -> Path:
@@ -71,7 +69,8 @@ def train(cfg: RMConfig) -> Path:
     if cfg.resume_from_checkpoint:
         ckpt = find_checkpoint(cfg.resume_from_checkpoint, out)
         state = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler)
-        check_resume(state, cfg, data["fingerprint"], ckpt)
+        check_resume(state, to_dict(cfg), data["fingerprint"], ckpt, "preference pairs (or their tokenization)",
+                     frozenset({"eval_steps"}))
         sampler.load_state_dict(state["sampler"])
         log.info("resumed from %s at step %d", ckpt, state["step"])
     tracker = Tracker(str(out), cfg.report_to, to_dict(cfg),
@@ -228,15 +227,3 @@ def evaluate(model, pairs, pad_id: int, device, batch_size: int) -> dict:
         accumulate(sums, bt_loss(r_c, r_r).item() * len(mb), r_c, r_r)
     n = max(len(pairs), 1)
     return {"loss": sums["loss"] / n, "accuracy": sums["correct"] / n, "margin": sums["margin"] / n}
-
-
-def check_resume(state: dict, cfg: RMConfig, fp: str, ckpt: Path) -> None:
-    """Refuse to resume on changed data or training options; name what changed."""
-    if state.get("data_fingerprint") != fp:
-        raise DataError(f"{ckpt}: the preference pairs (or their tokenization) changed since this checkpoint was "
-                        f"written; resume with the same data or start a new output_dir")
-    old, new = state.get("config", {}), to_dict(cfg)
-    changed = sorted(k for k in new if k not in RESUMABLE_CHANGES and k in old and old[k] != new[k])
-    if changed:
-        raise ValueError(f"{ckpt}: options changed since this checkpoint: "
-                         + ", ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in changed))

@@ -34,7 +34,7 @@ from r1kit.config import to_dict
 from r1kit.data.datasets import DataError
 from r1kit.data.sft_data import SFTBatch, build_examples, collate, fingerprint, load_sft_rows, pack_examples
 from r1kit.models.loading import load_model_and_tokenizer, save_model
-from r1kit.train.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from r1kit.train.checkpoint import check_resume, find_checkpoint, load_checkpoint, save_checkpoint
 from r1kit.train.sampler import PromptSampler
 from r1kit.train.sft_config import SFTConfig
 from r1kit.train.tracking import Tracker
@@ -42,9 +42,6 @@ from r1kit.utils.dist import Runtime
 
 log = logging.getLogger("r1kit.sft")
 
-# Options that may change when resuming (they do not change what is trained).
-RESUMABLE_CHANGES = {"max_steps", "num_train_epochs", "save_steps", "save_total_limit", "logging_steps",
-                     "report_to", "resume_from_checkpoint", "disable_tqdm", "output_dir"}
 
 
 def train(cfg: SFTConfig) -> Path:
@@ -78,7 +75,7 @@ def train(cfg: SFTConfig) -> Path:
     if cfg.resume_from_checkpoint:
         ckpt = find_checkpoint(cfg.resume_from_checkpoint, out)
         state = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler)
-        check_resume(state, cfg, data["fingerprint"], ckpt)
+        check_resume(state, to_dict(cfg), data["fingerprint"], ckpt, "dataset (or its tokenization/packing)")
         sampler.load_state_dict(state["sampler"])
         log.info("resumed from %s at step %d", ckpt, state["step"])
     tracker = Tracker(str(out), cfg.report_to, to_dict(cfg), enabled=rt.is_main,
@@ -189,15 +186,3 @@ def sft_loss(model, batch: SFTBatch, num_items: float | None = None) -> tuple[to
     with torch.no_grad():
         correct = float(((logits.argmax(-1) == targets).float() * mask).sum())
     return loss, {"correct": correct, "token_logps": logps.detach()}
-
-
-def check_resume(state: dict, cfg: SFTConfig, fp: str, ckpt: Path) -> None:
-    """Refuse to resume on changed data or training options; name what changed."""
-    if state.get("data_fingerprint") != fp:
-        raise DataError(f"{ckpt}: the dataset (or its tokenization/packing) changed since this checkpoint was "
-                        f"written; resume with the same data or start a new output_dir")
-    old, new = state.get("config", {}), to_dict(cfg)
-    changed = sorted(k for k in new if k not in RESUMABLE_CHANGES and k in old and old[k] != new[k])
-    if changed:
-        raise ValueError(f"{ckpt}: options changed since this checkpoint: "
-                         + ", ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in changed))
