@@ -13,6 +13,7 @@ import sys
 
 from r1kit import __version__
 from r1kit.config import ConfigError, describe, load_config
+from r1kit.rollout.base import RolloutError
 from r1kit.train.checkpoint import CheckpointError
 
 # command -> (config class, run function, one-line purpose); imported only when used
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         result = _load(run_path)(cfg)
-    except (ValueError, FileNotFoundError, CheckpointError) as e:
+    except (ValueError, FileNotFoundError, CheckpointError, RolloutError) as e:
         # User-facing failures (bad data, bad checkpoint, ...) carry a message naming what is wrong.
         if os.environ.get("R1KIT_DEBUG"):
             raise

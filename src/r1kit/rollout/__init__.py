@@ -1,8 +1,8 @@
 """Generation behind one interface (see docs/design.md): `make_engine("hf", model, tokenizer)`."""
 
-from r1kit.rollout.base import Completion, RolloutEngine, SamplingParams, make_engine
+from r1kit.rollout.base import Completion, RolloutEngine, RolloutError, SamplingParams, make_engine
 
-__all__ = ["Completion", "RolloutEngine", "SamplingParams", "make_engine", "HFEngine"]
+__all__ = ["Completion", "RolloutEngine", "RolloutError", "SamplingParams", "make_engine", "HFEngine"]
 
 
 def __getattr__(name):  # lazy: importing the contract must not import transformers

@@ -63,6 +63,11 @@ class RolloutEngine(Protocol):
         ...
 
 
+class RolloutError(RuntimeError):
+    """The rollout engine cannot generate (a server that refuses, stalls or died); the trainer
+    checkpoints the last completed step and stops with this message."""
+
+
 def make_engine(name: str, model, tokenizer, **kw) -> RolloutEngine:
     """Build a rollout engine by name. `"hf"`: the transformers backend (CPU/GPU, shares `model`)."""
     if name in ("hf", "transformers"):

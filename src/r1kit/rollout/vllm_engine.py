@@ -61,7 +61,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from r1kit.rollout.base import Completion, SamplingParams
+from r1kit.rollout.base import Completion, RolloutError, SamplingParams
 from r1kit.rollout.sync import merged_state_dict
 
 log = logging.getLogger("r1kit.rollout.vllm")
@@ -235,7 +235,7 @@ class VLLMEngine:
 # ---- server -------------------------------------------------------------------------------------
 
 
-class VLLMServerError(RuntimeError):
+class VLLMServerError(RolloutError):
     """The vLLM server did not answer usefully (refused, stalled past the read timeout, died, 4xx/5xx)."""
 
 

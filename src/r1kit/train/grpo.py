@@ -32,7 +32,7 @@ from r1kit.data.templates import is_conversation, render_prompt
 from r1kit.eval.metrics import reflection_rate
 from r1kit.models.loading import load_model_and_tokenizer, save_model
 from r1kit.rewards import get_reward, language_mixing_rate, reward_metrics, score_completions
-from r1kit.rollout import SamplingParams, make_engine
+from r1kit.rollout import RolloutError, SamplingParams, make_engine
 from r1kit.train.batch import batched_logps, collate, completion_logps
 from r1kit.train.checkpoint import STATE_FILE, check_resume, find_checkpoint, load_checkpoint, save_checkpoint
 from r1kit.train.grpo_config import GRPOConfig
@@ -116,14 +116,13 @@ def train(cfg: GRPOConfig, callback=None) -> Path:
         # ---- 1-3. sample prompts, generate G completions each, score them -----------------------
         sampling.seed = cfg.seed * 1_000_003 + step * rt.world_size + rt.rank  # resume-exact sampling
         t0 = time.perf_counter()
-        roll = rollout_and_score(engine, sampling, sampler.next(prompts_per_step), data, reward_funcs, weights, cfg)
-        first_zero_std = zero_std_groups(roll["rewards"].total, cfg.num_generations).float().mean().item()
-        rounds = 0
-        while cfg.dynamic_sampling and rounds < cfg.max_resample_rounds and zero_std_groups(
-                roll["rewards"].total, cfg.num_generations).any():
-            rounds += 1  # DAPO dynamic sampling: drop groups whose rewards agree, refill with new prompts
-            roll = refill(roll, rollout_and_score(engine, sampling, sampler.next(prompts_per_step), data,
-                                                  reward_funcs, weights, cfg), prompts_per_step, cfg.num_generations)
+        try:
+            roll, first_zero_std, rounds = generate_batch(engine, sampling, sampler, prompts_per_step, data,
+                                                          reward_funcs, weights, cfg)
+        except RolloutError as e:  # e.g. a vLLM server that stalls or died: keep what was trained, then stop
+            where = checkpoint_last_completed(step, rt, out, lambda: checkpoint(state["step"]))
+            raise RolloutError(f"step {step}: the rollout engine failed: {e}. {where}; resume with "
+                               f"resume_from_checkpoint=true once the engine works") from e
         timing_generate = time.perf_counter() - t0
         check_reward_failures(roll["rewards"].errors, cfg.batch_size * (rounds + 1), step, cfg, rt, out,
                               lambda: checkpoint(state["step"]))
@@ -290,6 +289,22 @@ def gather_step(rt, comps, rewards) -> dict:
             "clipped": sum(clipped) / len(clipped)}
 
 
+def generate_batch(engine, sampling, sampler, prompts_per_step: int, data, reward_funcs, weights, cfg):
+    """One step's scored completions; with DAPO's dynamic sampling, groups whose rewards all agree are
+    replaced by groups of new prompts (at most `max_resample_rounds` extra rounds).
+
+    Returns (rollouts, fraction of zero-std groups in the first round, extra rounds made)."""
+    roll = rollout_and_score(engine, sampling, sampler.next(prompts_per_step), data, reward_funcs, weights, cfg)
+    first_zero_std = zero_std_groups(roll["rewards"].total, cfg.num_generations).float().mean().item()
+    rounds = 0
+    while cfg.dynamic_sampling and rounds < cfg.max_resample_rounds and zero_std_groups(
+            roll["rewards"].total, cfg.num_generations).any():
+        rounds += 1
+        extra = rollout_and_score(engine, sampling, sampler.next(prompts_per_step), data, reward_funcs, weights, cfg)
+        roll = refill(roll, extra, prompts_per_step, cfg.num_generations)
+    return roll, first_zero_std, rounds
+
+
 def refill(roll: dict, extra: dict, num_prompts: int, group_size: int) -> dict:
     """Dynamic sampling: keep groups with varied rewards first, topped up with others, to `num_prompts`."""
     merged = {"completions": roll["completions"] + extra["completions"], "rows": roll["rows"] + extra["rows"],
@@ -369,15 +384,20 @@ def check_reward_failures(errors: dict[str, int], n_rows: int, step: int, cfg: G
     bad = {name: n for name, n in lost.items() if n > limit * total}
     if not bad:
         return
+    where = checkpoint_last_completed(step, rt, out, save)
+    raise RewardFailureError(
+        f"step {step}: reward function(s) failed on too many rows: "
+        + ", ".join(f"{name!r} lost {n} of {int(total)} rows" for name, n in bad.items())
+        + f" (over max_reward_failure_fraction={limit:g}; the r1kit.rewards warnings name the first bad row "
+        f"and the reason). {where}: fix the function(s) and resume with resume_from_checkpoint=true, or raise "
+        f"max_reward_failure_fraction (null turns this check off).")
+
+
+def checkpoint_last_completed(step: int, rt, out: Path, save) -> str:
+    """Before stopping at `step`: make sure the last completed step is checkpointed; say where it is."""
     done = step - 1
     ckpt = out / f"checkpoint-{done}"
     if rt.is_main and done > 0 and not (ckpt / STATE_FILE).is_file():
         save()
     rt.barrier()
-    where = (f"{ckpt} holds step {done}: fix the function(s) and resume with resume_from_checkpoint=true"
-             if done > 0 else "no step had completed, so there was nothing to checkpoint")
-    raise RewardFailureError(
-        f"step {step}: reward function(s) failed on too many rows: "
-        + ", ".join(f"{name!r} lost {n} of {int(total)} rows" for name, n in bad.items())
-        + f" (over max_reward_failure_fraction={limit:g}; the r1kit.rewards warnings name the first bad row "
-        f"and the reason). {where}, or raise max_reward_failure_fraction (null turns this check off).")
+    return f"{ckpt} holds step {done}" if done > 0 else "no step had completed, so there was nothing to checkpoint"
