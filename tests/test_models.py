@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from r1kit.models import ModelLoadError, is_peft_model, load_model_and_tokenizer, save_model
-from r1kit.models.tiny import build_tiny, build_tokenizer
+from r1kit.models.tiny import build_tiny
 
 
 def _smollm_gguf() -> Path | None:

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
-from transformers import get_scheduler
 
 from r1kit.algo import group_advantages, loss_normalizer, masked_mean, policy_loss, zero_std_groups
 from r1kit.config import to_dict
@@ -34,6 +33,7 @@ from r1kit.models.loading import load_model_and_tokenizer, save_model
 from r1kit.rewards import get_reward, language_mixing_rate, reward_metrics, score_completions
 from r1kit.rollout import RolloutError, SamplingParams, make_engine
 from r1kit.train.batch import batched_logps, collate, completion_logps
+from r1kit.train.optim import apply_update, make_optimizer
 from r1kit.train.checkpoint import STATE_FILE, check_resume, find_checkpoint, load_checkpoint, save_checkpoint
 from r1kit.train.grpo_config import GRPOConfig
 from r1kit.train.sampler import PromptSampler
@@ -83,11 +83,7 @@ def train(cfg: GRPOConfig, callback=None) -> Path:
     total_steps = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(
         cfg.num_train_epochs * len(data["prompt_ids"]) / (prompts_per_step * rt.world_size)))
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                  weight_decay=cfg.weight_decay)
-    opt_steps = total_steps * cfg.num_iterations
-    scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_training_steps=opt_steps,
-                              num_warmup_steps=math.ceil(cfg.warmup_ratio * opt_steps))
+    optimizer, scheduler = make_optimizer(params, cfg, total_steps * cfg.num_iterations)
     sampler = PromptSampler(len(data["prompt_ids"]), cfg.seed, rt.rank, rt.world_size)
     state = {"step": 0, "num_tokens": 0, "skipped_steps": 0, "reward_errors": {}, "sampler": sampler.state_dict()}
 
@@ -167,13 +163,8 @@ def train(cfg: GRPOConfig, callback=None) -> Path:
                 totals["_tokens"] = totals.get("_tokens", 0.0) + n_tok
             rt.all_reduce_grads(model)
             grad_norm = rt.clip_grad_norm(params, cfg.max_grad_norm)
-            if math.isfinite(grad_norm):
-                optimizer.step()
-            else:
+            if not apply_update(optimizer, scheduler, grad_norm, step):
                 state["skipped_steps"] += 1
-                log.warning("step %d: non-finite gradient norm, update skipped", step)
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
             totals["loss"] = totals.get("loss", 0.0) + loss_sum / cfg.num_iterations
         rt.sync_engine(engine, model)  # ---- 7. the engine samples from the new policy next step
         timing_train = time.perf_counter() - t0

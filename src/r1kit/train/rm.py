@@ -26,13 +26,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from transformers import get_scheduler
 
 from r1kit.config import to_dict
 from r1kit.data.datasets import DataError
 from r1kit.models.loading import TINY_PREFIX, load_model_and_tokenizer, save_model
 from r1kit.rewards.reward_model import (META_FILE, load_reward_model, prepare_reward_tokenizer, resolve_template,
                                         rm_text, segment_text)
+from r1kit.train.optim import apply_update, make_optimizer
 from r1kit.train.checkpoint import check_resume, find_checkpoint, load_checkpoint, save_checkpoint
 from r1kit.train.rm_config import RMConfig
 from r1kit.train.sampler import PromptSampler
@@ -60,10 +60,7 @@ def train(cfg: RMConfig) -> Path:
     total_steps = cfg.max_steps if cfg.max_steps > 0 else max(
         1, math.ceil(cfg.num_train_epochs * len(train_set) / cfg.batch_size))
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                  weight_decay=cfg.weight_decay)
-    scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_training_steps=total_steps,
-                              num_warmup_steps=math.ceil(cfg.warmup_ratio * total_steps))
+    optimizer, scheduler = make_optimizer(params, cfg, total_steps)
     sampler = PromptSampler(len(train_set), cfg.seed)
     state = {"step": 0, "num_tokens": 0, "skipped_steps": 0}
     if cfg.resume_from_checkpoint:
@@ -95,13 +92,8 @@ def train(cfg: RMConfig) -> Path:
 
         # ---- 2. clip, AdamW, schedule ------------------------------------------------------------
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm).item()
-        if math.isfinite(grad_norm):
-            optimizer.step()
-        else:
+        if not apply_update(optimizer, scheduler, grad_norm, step):
             state["skipped_steps"] += 1
-            log.warning("step %d: non-finite gradient norm, update skipped", step)
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
 
         # ---- 3. metrics, held-out evaluation, checkpoint -----------------------------------------
         n = len(pairs)

@@ -27,13 +27,13 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
-from transformers import get_scheduler
 
 from r1kit.algo import selective_log_softmax
 from r1kit.config import to_dict
 from r1kit.data.datasets import DataError
 from r1kit.data.sft_data import SFTBatch, build_examples, collate, fingerprint, load_sft_rows, pack_examples
 from r1kit.models.loading import load_model_and_tokenizer, save_model
+from r1kit.train.optim import apply_update, make_optimizer
 from r1kit.train.checkpoint import check_resume, find_checkpoint, load_checkpoint, save_checkpoint
 from r1kit.train.sampler import PromptSampler
 from r1kit.train.sft_config import SFTConfig
@@ -65,10 +65,7 @@ def train(cfg: SFTConfig) -> Path:
     total_steps = cfg.max_steps if cfg.max_steps > 0 else max(
         1, math.ceil(cfg.num_train_epochs * len(rows) / rows_per_step))
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                  weight_decay=cfg.weight_decay)
-    scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_training_steps=total_steps,
-                              num_warmup_steps=math.ceil(cfg.warmup_ratio * total_steps))
+    optimizer, scheduler = make_optimizer(params, cfg, total_steps)
     sampler = PromptSampler(len(rows), cfg.seed, rt.rank, rt.world_size)
     state = {"step": 0, "num_tokens": 0, "skipped_steps": 0}
 
@@ -107,13 +104,8 @@ def train(cfg: SFTConfig) -> Path:
         # ---- 3. clip, AdamW, schedule ------------------------------------------------------------
         rt.all_reduce_grads(model)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm).item()
-        if math.isfinite(grad_norm):
-            optimizer.step()
-        else:
+        if not apply_update(optimizer, scheduler, grad_norm, step):
             state["skipped_steps"] += 1
-            log.warning("step %d: non-finite gradient norm, update skipped", step)
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
 
         # ---- 4. metrics, checkpoint --------------------------------------------------------------
         n_input = rt.sum(sum(float((mb.input_ids != tokenizer.pad_token_id).sum()) for mb in micro))
