@@ -275,3 +275,19 @@ def test_inside_bwrap_unprivileged_readonly_no_network(sb):
     out = r.stdout.decode().splitlines()
     assert out[0] == "True True" and out[1].startswith("ro ") and out[2] == "[] True"
     assert os.geteuid() != 0 or probe().privileged
+
+
+@pytest.mark.skipif(not SANDBOXED, reason="needs bubblewrap")
+def test_bubblewrap_works_when_python_lives_under_tmp(tmp_path):
+    """The sandbox mounts a private /tmp; an interpreter (e.g. a CI clone's virtualenv) under the
+    host's /tmp must still be visible inside it, or every run fails to start."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    venv = tmp_path / "venv"  # pytest's tmp_path lives under /tmp
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    src = str(Path(core.__file__).resolve().parents[2])
+    out = subprocess.run([str(venv / "bin" / "python"), "-c", "from r1kit.sandbox import probe; print(probe().level)"],
+                         env={**os.environ, "PYTHONPATH": src}, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip().startswith("bwrap"), out.stdout + out.stderr

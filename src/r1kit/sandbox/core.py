@@ -313,6 +313,10 @@ def _bwrap_argv(pb: Probe, run_dir: str, limits: Limits, seccomp_fd: int | None,
     for f in ("/etc/ld.so.cache", "/etc/localtime"):
         if os.path.exists(f):
             a += ["--ro-bind", f, f]
+    # /tmp first: the Python roots bound below may live under /tmp (a virtualenv in a clone there),
+    # and a tmpfs mounted after them would hide them.
+    size = str(limits.tmpfs_mb << 20)
+    a += ["--perms", "1777", "--size", size, "--tmpfs", "/tmp"]
     roots = _python_roots()
     made: set[str] = set()
     for r in roots:  # parents bwrap would create 0700: make them 0755 first
@@ -324,9 +328,7 @@ def _bwrap_argv(pb: Probe, run_dir: str, limits: Limits, seccomp_fd: int | None,
                 a += ["--perms", "0755", "--dir", d]
     for r in roots:
         a += ["--ro-bind", r, r]
-    size = str(limits.tmpfs_mb << 20)
     a += ["--proc", "/proc", "--dev", "/dev",
-          "--perms", "1777", "--size", size, "--tmpfs", "/tmp",
           "--perms", "0777", "--size", size, "--tmpfs", "/sandbox",
           "--ro-bind", run_dir, "/r1kit", "--chdir", "/sandbox", "--clearenv"]
     for k, v in env.items():
