@@ -32,6 +32,7 @@ __all__ = [
     "is_test_key",
     "extract_answer",
     "extract_number",
+    "score_number",
     "TEST_BUCKETS",
 ]
 
@@ -85,6 +86,11 @@ def numbers_equal(pred: str | None, gold: str) -> bool:
         return Fraction(pred) == Fraction(gold)
     except (ValueError, ZeroDivisionError):
         return False
+
+
+def score_number(completion_text: str, row: dict) -> float:
+    """The verifier of numeric-answer tasks: 1.0 when the leniently extracted number equals `solution`."""
+    return 1.0 if numbers_equal(extract_number(completion_text), row["solution"]) else 0.0
 
 
 class Task:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 
-from . import Task, extract_number, numbers_equal, register_task
+from . import Task, register_task, score_number
 
 PROMPTS = ("What is {e}?", "Compute {e}.", "Calculate {e}.")
 
@@ -73,7 +73,7 @@ class ArithmeticTask(Task):
         }
 
     def score(self, completion_text: str, row: dict) -> float:
-        return 1.0 if numbers_equal(extract_number(completion_text), row["solution"]) else 0.0
+        return score_number(completion_text, row)
 
 
 class ChainTask(Task):
@@ -114,7 +114,7 @@ class ChainTask(Task):
         }
 
     def score(self, completion_text: str, row: dict) -> float:
-        return 1.0 if numbers_equal(extract_number(completion_text), row["solution"]) else 0.0
+        return score_number(completion_text, row)
 
 
 register_task("arithmetic", lambda **kw: ArithmeticTask(**{"name": "arithmetic", **kw}))

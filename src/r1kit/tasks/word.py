@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import random
 
-from . import Task, extract_number, numbers_equal, register_task
-from .arithmetic import binary_key
+from . import Task, register_task, score_number
+from .arithmetic import binary_key, evaluate
 
 NAMES = ["Anna", "Ben", "Mia", "Leo", "Sara", "Tom", "Nina", "Omar"]
 THINGS = ["apples", "pens", "stickers", "marbles", "books", "coins", "cards", "shells"]
@@ -55,7 +55,7 @@ class WordTask(Task):
             a, b = b, a
         return {
             "prompt": word_question(rng, a, op, b),
-            "solution": str({"+": a + b, "-": a - b, "*": a * b}[op]),
+            "solution": str(evaluate(a, op, b)),
             "task": self.name,
             "difficulty": self.digits,
             "key": binary_key(a, op, b),
@@ -65,7 +65,7 @@ class WordTask(Task):
         }
 
     def score(self, completion_text: str, row: dict) -> float:
-        return 1.0 if numbers_equal(extract_number(completion_text), row["solution"]) else 0.0
+        return score_number(completion_text, row)
 
 
 register_task("word", lambda **kw: WordTask(**kw))

@@ -20,7 +20,7 @@ import random
 from dataclasses import asdict, dataclass
 
 from ..tasks import is_test_key
-from ..tasks.arithmetic import PROMPTS, binary_key
+from ..tasks.arithmetic import PROMPTS, binary_key, evaluate
 
 COLS_EN = ["ones", "tens", "hundreds", "thousands", "ten-thousands", "hundred-thousands", "millions"]
 COLS_RU = ["единицы", "десятки", "сотни", "тысячи", "десятки тысяч", "сотни тысяч", "миллионы"]
@@ -84,7 +84,7 @@ def sample_problem(rng: random.Random) -> dict:
         level = 1 if digits == 1 or (op == "*" and digits == 1) else (2 if digits == 2 else 3)
         word = rng.random() < 0.15 and digits in (2, 3)
         p = {"kind": "binary", "a": a, "b": b, "op": op, "key": binary_key(a, op, b),
-             "answer": {"+": a + b, "-": a - b, "*": a * b}[op], "level": level}
+             "answer": evaluate(a, op, b), "level": level}
         p["question"] = _word_question(rng, a, op, b) if word else rng.choice(PROMPTS).format(e=f"{a} {op} {b}")
         p["word"] = word
         return p
