@@ -76,6 +76,29 @@ def _column(rows: Any, name: str) -> Iterable[Any]:
     return (row.get(name) for row in rows)
 
 
+class RowProblems:
+    """Collects per-row problems of a data source; `raise_if_any()` raises one DataError that counts
+    them all and lists the first MAX_REPORTED_ERRORS ("row 7 (line 8): ...")."""
+
+    def __init__(self, source: str, line_numbers: Sequence[int] | None = None):
+        self.source, self.lines = source, line_numbers
+        self.problems: list[str] = []
+        self.count = 0
+
+    def add(self, i: int, problem: str) -> None:
+        self.count += 1
+        if len(self.problems) < MAX_REPORTED_ERRORS:
+            where = f"row {i}" if self.lines is None else f"row {i} (line {self.lines[i]})"
+            self.problems.append(f"{where}: {problem}")
+
+    def raise_if_any(self) -> None:
+        if not self.problems:
+            return
+        more = f" (and {self.count - len(self.problems)} more)" if self.count > len(self.problems) else ""
+        header = f"{self.source}: {self.count} invalid row{'s' if self.count != 1 else ''}{more}"
+        raise DataError(header + ":\n  " + "\n  ".join(self.problems))
+
+
 def validate_rows(
     rows: Any,
     source: str,
@@ -98,8 +121,7 @@ def validate_rows(
                 f"{source}: no {what} column {column!r}; available columns: {columns}. "
                 f"Set {what}_column to the right one."
             )
-    problems: list[str] = []
-    count = 0
+    report = RowProblems(source, line_numbers)
     first_kind: tuple[int, str] | None = None  # (row, "a string" | "a conversation") of the first prompt
 
     def prompt_check(value: Any, field: str, i: int) -> str | None:
@@ -122,16 +144,9 @@ def validate_rows(
     for column, check in checks:
         for i, value in enumerate(_column(rows, column)):
             problem = check(value, column, i)
-            if problem is None:
-                continue
-            count += 1
-            if len(problems) < MAX_REPORTED_ERRORS:
-                where = f"row {i}" if line_numbers is None else f"row {i} (line {line_numbers[i]})"
-                problems.append(f"{where}: {problem}")
-    if problems:
-        more = f" (and {count - len(problems)} more)" if count > len(problems) else ""
-        header = f"{source}: {count} invalid row{'s' if count != 1 else ''}{more}"
-        raise DataError(header + ":\n  " + "\n  ".join(problems))
+            if problem is not None:
+                report.add(i, problem)
+    report.raise_if_any()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from r1kit.data.datasets import (MAX_REPORTED_ERRORS, DataError, _load_hub, _looks_like_path, _read_json_file,
+from r1kit.data.datasets import (DataError, RowProblems, _load_hub, _looks_like_path, _read_json_file,
                                  _split_files)
 from r1kit.data.templates import _plain_messages, is_conversation, render_prompt
 
@@ -202,7 +202,7 @@ def build_examples(rows: list[dict], tokenizer, source: str, lines: list[int] | 
     else:
         raise DataError(f"{source}: SFT rows need a {mc!r} column or {pc!r} and {cc!r} columns; "
                         f"found columns {sorted(columns)}")
-    examples, problems, count = [], [], 0
+    examples, report = [], RowProblems(source, lines)
     for i, row in enumerate(rows):
         try:
             ex = encode_row(row, tokenizer, kind=kind, **encode_kw)
@@ -217,13 +217,8 @@ def build_examples(rows: list[dict], tokenizer, source: str, lines: list[int] | 
         except DataError:
             raise
         except (ValueError, TypeError) as e:
-            count += 1
-            if len(problems) < MAX_REPORTED_ERRORS:
-                where = f"row {i}" if lines is None else f"row {i} (line {lines[i]})"
-                problems.append(f"{where}: {e}")
-    if problems:
-        more = f" (and {count - len(problems)} more)" if count > len(problems) else ""
-        raise DataError(f"{source}: {count} invalid row{'s' if count != 1 else ''}{more}:\n  " + "\n  ".join(problems))
+            report.add(i, str(e))
+    report.raise_if_any()
     return examples, kind
 
 
