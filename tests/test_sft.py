@@ -215,3 +215,18 @@ def test_recipes_load():
     for path in recipes:
         cfg = load_config(SFTConfig, str(path))
         assert cfg.completion_only_loss and cfg.dataset_name
+
+
+def test_plain_template_joins_prompt_and_completion_like_words(tiny):
+    _, tok = tiny
+    # "...Assistant:" + "<think> ..." is trained as the policy would sample it: " <think> ..." (one
+    # space-prefixed token), not an unspaced "<" the model never emits after the prompt
+    prompt_text = render_prompt("What is 2 + 3?", tok, "r1_zero")
+    assert prompt_text.endswith("Assistant:")
+    spaced = tok(" <think> 5 </think>", add_special_tokens=False).input_ids + [tok.eos_token_id]
+    for completion in ("<think> 5 </think>", " <think> 5 </think>"):  # written data / sampled data
+        ex = encode_row({"prompt": "What is 2 + 3?", "completion": completion}, tok, kind="prompt_completion")
+        assert [t for t, m in zip(ex.input_ids, ex.loss_mask) if m] == spaced
+    # a prompt already ending in whitespace gets nothing added; nor does a chat-rendered prompt
+    ex = encode_row({"prompt": "Q: 2 + 3 =\n", "completion": "5"}, tok, kind="prompt_completion", template="none")
+    assert [t for t, m in zip(ex.input_ids, ex.loss_mask) if m] == tok("5", add_special_tokens=False).input_ids + [tok.eos_token_id]

@@ -7,7 +7,8 @@ Two row shapes (the first that the columns allow):
   the model would generate it after the rendered conversation so far.
 - `prompt`/`completion`: a string prompt goes through `template` (r1_zero, chat, none, or a custom
   string with `{prompt}`), as in GRPO; a conversation prompt needs the chat template. A string
-  completion gets EOS appended; a completion given as assistant messages is rendered by the chat
+  completion gets EOS appended (and, after a plain-text template, one joining space when neither side
+  has whitespace at the seam: "Assistant:" + "<think>…" trains " <think>…", see `_joins_words`); a completion given as assistant messages is rendered by the chat
   template (whose end-of-turn marker ends it).
 Every row is checked before training: a bad row fails with its source, row (and file line) and field.
 """
@@ -135,6 +136,16 @@ def _ids(tokenizer, text: str, special: bool) -> list[int]:
     return tokenizer(text, add_special_tokens=special).input_ids
 
 
+def _joins_words(prompt_text: str, completion: str) -> bool:
+    """True when a plain-text prompt and its completion meet without whitespace ("Assistant:" +
+    "<think> ..."). The policy continues such a prompt with a space-prefixed token (" <think>"), as
+    sampling (GRPO, `r1kit sample`) writes it; training on the unspaced "<think>" instead teaches a
+    first token the model never produces after the prompt, and at T > 0 a junk token then leads the
+    completion ("ate" + "think>"). So the two are joined like words, with one space; a completion
+    that already starts with whitespace (sampled data) is used as is."""
+    return bool(prompt_text) and not prompt_text[-1].isspace() and not completion[0].isspace()
+
+
 def encode_row(row: dict, tokenizer, *, kind: str, template: str = "r1_zero", system_prompt: str | None = None,
                messages_column: str = "messages", prompt_column: str = "prompt",
                completion_column: str = "completion", completion_only_loss: bool = True) -> Example:
@@ -160,12 +171,16 @@ def encode_row(row: dict, tokenizer, *, kind: str, template: str = "r1_zero", sy
         if isinstance(completion, str):
             if not completion.strip():
                 raise ValueError(f"{completion_column!r} is empty")
+            # plain text: r1_zero / custom templates, or template none on a string (not chat-rendered)
+            plain = template != "chat" and (template != "none" or isinstance(prompt, str))
             if template == "none" and isinstance(prompt, str):
                 prompt_text = prompt
             else:
                 if is_conversation(prompt):
                     _need_chat_template(tokenizer, "a conversation prompt")
                 prompt_text = render_prompt(prompt, tokenizer, "chat" if template == "none" else template, system_prompt)
+            if plain and _joins_words(prompt_text, completion):
+                completion = " " + completion  # see _joins_words
             eos = tokenizer.eos_token or ""
             ids = _ids(tokenizer, completion, False)
             if not completion.endswith(eos) and tokenizer.eos_token_id is not None:
