@@ -3,12 +3,14 @@
 Setup (the issue's): 4.27M-param Qwen2 (hidden 256, 4 layers, 4 heads, tied embeddings) on the tiny
 ~300-token byte-level BPE tokenizer; batch 64 = 8 prompts x n=8; 64 new tokens; temperature 1;
 EOS disabled on both sides so both generate exactly 64 x 64 tokens; 2 torch threads by default.
+Prompts (`--prompts`): `short` (8 short strings, 4-26 tokens) or `r1` (8 `r1kit:arithmetic` problems
+in the R1-Zero template, as a GRPO step sees them: ~240 tokens each with this tokenizer).
 Runs are interleaved (generate, generate+logprobs, engine, ...) and medians are reported. The
 "linear-only floor" runs just the model's linear layers for the same B x M tokens (no attention, no
 sampling): the part of the work that no decode loop can remove, which bounds the achievable ratio.
 Wall-clock timings with 2 threads are only meaningful on an otherwise idle machine.
 
-    python bench/bench_rollout.py [--repeats 7] [--threads 2] [--device cpu|cuda] [--backend auto|hf]
+    python bench/bench_rollout.py [--repeats 7] [--threads 2] [--device cpu|cuda] [--backend auto|hf] [--prompts short|r1]
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ def main():
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--new", type=int, default=64)
+    ap.add_argument("--prompts", choices=("short", "r1"), default="short")
     ap.add_argument("--no-floor", dest="floor", action="store_false", help="skip the linear-layers-only floor")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -51,7 +54,14 @@ def main():
     model.to(args.device).eval()
     model.generation_config.eos_token_id = None  # no EOS: both sides produce exactly `new` tokens
     n_params = sum(p.numel() for p in model.parameters())
-    prompts = [tok(p).input_ids for p in PROMPTS]
+    if args.prompts == "r1":
+        from r1kit.data.templates import render_prompt
+        from r1kit.tasks import get_task
+
+        texts = [render_prompt(r["prompt"]) for r in get_task("arithmetic").dataset("train", 8, seed=0)]
+    else:
+        texts = PROMPTS
+    prompts = [tok(p).input_ids for p in texts]
     B, M = len(prompts) * args.n, args.new
 
     enc = tok.pad({"input_ids": prompts}, return_tensors="pt")
@@ -108,7 +118,7 @@ def main():
             times[name].append(time.perf_counter() - t)
 
     print(f"model: qwen2 {n_params / 1e6:.2f}M params, vocab {len(tok)}; batch {B} ({len(prompts)} prompts x n={args.n}), "
-          f"{M} new tokens, T=1, device {args.device}, threads {torch.get_num_threads()}, repeats {args.repeats}")
+          f"{M} new tokens, prompts {args.prompts} ({min(map(len, prompts))}-{max(map(len, prompts))} tokens), T=1, device {args.device}, threads {torch.get_num_threads()}, repeats {args.repeats}")
     med = {k: statistics.median(v) for k, v in times.items()}
     for k, v in times.items():
         print(f"{k:>18}: median {med[k] * 1e3:8.1f} ms  ({B * M / med[k]:9.0f} tok/s)  "

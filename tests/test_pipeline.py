@@ -73,9 +73,15 @@ def test_end_to_end_resume_and_rerun_after_change(tmp_path):
             assert isinstance(ev[key], float) and math.isfinite(ev[key]), (name, key, ev[key])
         assert ev["k"] == 2 and ev["num_problems"] == 3
     assert all_numbers_finite(first)
-    assert set(first["comparison"]) >= {"all_scenarios_rl", "distill", "student_rl"}
+    assert set(first["comparison"]) >= {"all_scenarios_rl", "distill", "student_rl", "language_consistency"}
+    lang = first["comparison"]["language_consistency"]  # reasoning_rl (cold start + language reward) vs R1-Zero
+    z, r = stages["r1_zero"]["eval"], stages["reasoning_rl"]["eval"]
+    assert lang["pass@1_delta_points"] == pytest.approx(100 * (r["pass@1"] - z["pass@1"]), abs=0.01)
+    assert lang["within_3_points"] == (lang["pass@1_delta_points"] >= -3)
+    assert lang["mixing_under_2pct"] == (r["language_mixing_rate"] < 0.02)
     html = (out / "report.html").read_text()
     assert "Teacher vs distilled student vs RL-only student" in html and "language mixing" in html
+    assert "Language consistency" in html
     for png in ("stages.png", "distillation.png", "rl_curves.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # manifests: status, input/output hashes, config, metrics, wall time

@@ -120,6 +120,25 @@ def test_sampled_logprobs_match_full_forward(tok, prompts, arch, backend):
         assert torch.allclose(torch.tensor(c.logprobs), ref, atol=1e-5, rtol=0), (c.logprobs, ref)
 
 
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+def test_shared_prompt_cache_with_compaction_matches_full_forward(tok, prompts, arch):
+    # n samples share one prompt cache; rows finish (EOS) at different steps and leave the batch, so
+    # the row -> (prompt, slot) map is exercised after compaction; GQA folds 2 query heads per kv head
+    model = _model(tok, arch=arch, num_kv_heads=2)
+    handle = _eos_bias(model, tok, 3.0)
+    try:
+        eng = make_engine("hf", model, tok, backend="fast", compact_frac=0.1)
+        out = eng.generate(prompts, SamplingParams(n=4, max_new_tokens=16, temperature=1.0, seed=2))
+        reasons = [c.finish_reason for c in out]
+        assert "eos" in reasons and "length" in reasons
+        assert len({len(c.completion_ids) for c in out}) > 2  # many different finishing steps
+        for c in out:
+            ref = _full_forward_logprobs(model, c, 1.0)
+            assert torch.allclose(torch.tensor(c.logprobs), ref, atol=1e-5, rtol=0), (c.logprobs, ref)
+    finally:
+        handle.remove()
+
+
 def test_logprobs_are_before_filtering(qwen, tok, prompts):
     # top_k=1 draws the argmax (= greedy) but the log-probs are under the unfiltered tempered softmax
     greedy = make_engine("hf", qwen, tok).generate(prompts, SamplingParams(max_new_tokens=10, temperature=0))

@@ -26,7 +26,25 @@ def comparison(records: list[dict]) -> dict:
             out[stage] = {"role": role, **{k: ev.get(k) for k, _ in METRICS}}
     if "distill" in out and "student_rl" in out and None not in (out["distill"]["pass@1"], out["student_rl"]["pass@1"]):
         out["distilled_beats_rl_only"] = out["distill"]["pass@1"] > out["student_rl"]["pass@1"]
+    lang = language_consistency(by)
+    if lang:
+        out["language_consistency"] = lang
     return out
+
+
+def language_consistency(by: dict) -> dict | None:
+    """Cold start + the language reward (reasoning_rl) against the R1-Zero control (paper §2.3.2,
+    §4: readable, single-language chains of thought at a small cost in accuracy): each side's pass@1
+    and language-mixing rate, the pass@1 difference in points, and the issue's two checks (mixing
+    under 2%, at most 3 points of pass@1 lost)."""
+    zero, lang = ((by.get(s) or {}).get("eval") for s in ("r1_zero", "reasoning_rl"))
+    if not zero or not lang or None in (zero.get("pass@1"), lang.get("pass@1"), lang.get("language_mixing_rate")):
+        return None
+    delta = round(100 * (lang["pass@1"] - zero["pass@1"]), 2)
+    return {"r1_zero": {k: zero.get(k) for k in ("pass@1", "language_mixing_rate")},
+            "reasoning_rl": {k: lang.get(k) for k in ("pass@1", "language_mixing_rate")},
+            "pass@1_delta_points": delta, "mixing_under_2pct": lang["language_mixing_rate"] < 0.02,
+            "within_3_points": delta >= -3.0}
 
 
 def _fmt(v, digits: int = 3) -> str:
@@ -121,7 +139,7 @@ def write_report(out: Path, summary: dict) -> Path:
                    _ci_err(evals) if key == "pass@1" else None) for key, label in METRICS]
         _bars(out / "stages.png", names, panels, "Per stage, held-out set (pass@1 with its bootstrap 95% interval)")
         figures.append(("stages.png", "Per-stage evaluation"))
-    comp = {s: v for s, v in summary.get("comparison", {}).items() if isinstance(v, dict)}
+    comp = {s: v for s, v in summary.get("comparison", {}).items() if isinstance(v, dict) and "role" in v}
     if comp:
         names = [v["role"].split(" (")[0] for v in comp.values()]
         panels = [(label, [v.get(key) for v in comp.values()], None) for key, label in METRICS]
@@ -153,6 +171,15 @@ def write_report(out: Path, summary: dict) -> Path:
     verdict_line = "" if verdict is None else (
         f"<p>Distilled student {'beats' if verdict else 'does <b>not</b> beat'} the RL-only student on pass@1 "
         f"(the paper's finding is that it does).</p>")
+    lang = summary.get("comparison", {}).get("language_consistency")
+    if lang:
+        z, r = lang["r1_zero"], lang["reasoning_rl"]
+        verdict_line += (
+            f"<h2>Language consistency</h2><p>Cold start + the language reward (reasoning_rl): pass@1 {_fmt(r['pass@1'])}, "
+            f"language mixing {_fmt(r['language_mixing_rate'])}; R1-Zero control: pass@1 {_fmt(z['pass@1'])}, mixing "
+            f"{_fmt(z['language_mixing_rate'])}. Difference {lang['pass@1_delta_points']:+.1f} points of pass@1 "
+            f"(target: at most 3 lost: {'met' if lang['within_3_points'] else '<b>not met</b>'}); mixing under 2%: "
+            f"{'met' if lang['mixing_under_2pct'] else '<b>not met</b>'}.</p>")
     data_rows = "".join(
         f"<tr><td>{html.escape(r['stage'])}</td><td><code>{html.escape(json.dumps(r.get('metrics', {}), default=str))}"
         f"</code></td></tr>" for r in records if r.get("metrics"))

@@ -3,8 +3,9 @@
 Pipeline for `generate(prompt_ids, params)`:
 
 1. The unique prompts are left-padded into one batch; position ids start at 0 at each row's first
-   real token. The prompts are prefilled ONCE and the KV cache + last logits are then repeated
-   `n` times (rows grouped contiguously: prompt 0's n completions first).
+   real token. The prompts are prefilled ONCE; their last logits are repeated `n` times (rows
+   grouped contiguously: prompt 0's n completions first) and, in the fast decoder, their KV cache is
+   never copied: the n samples of a prompt read its one cache (shared-prefix attention).
 2. Decode loop: sample from the last logits, write the token into a preallocated output buffer,
    feed it back through the model with the KV cache. Everything per step is vectorised on the
    model's device; the host only looks at the batch every `check_every` steps (finish states,
@@ -16,8 +17,9 @@ Two decoders run the model:
 
 * `_FastDecoder` (Llama-family: llama, qwen2, qwen3, ... without sliding windows): runs the model's
   own submodules (embedding, norms, q/k/v/o projections, MLP, rotary embedding, lm_head) by hand
-  with a preallocated KV cache written in place and torch SDPA. No per-step mask building, no cache
-  concatenation, no allocation of the growing cache. Because it calls the modules (not copies of the
+  with a preallocated KV cache written in place: one prompt part per unique prompt, one completion
+  part per row. No per-step mask building, no cache concatenation, no allocation of the growing
+  cache, and the prompt's keys/values are read once per prompt per step, not once per sample. Because it calls the modules (not copies of the
   weights) it always sees the current weights and works with wrapped projections (e.g. LoRA).
 * `_HFDecoder`: the generic fallback, `model(...)` with a transformers `DynamicCache`, explicit
   attention mask and position ids. Used for any other architecture (or `backend="hf"`).
@@ -30,10 +32,11 @@ top-p filtering; then an exact categorical draw (exponential-race / Gumbel-max t
 Determinism: the random stream is consumed per step for the rows still in the batch, so a given
 seed reproduces exactly for the same prompts, weights and engine settings (check_every, compact_frac).
 
-Where the time goes (CPU, the 4.3M-param bench model, batch 64, fp32): ~55-65% is the linear
-layers' matmuls (compute-bound; `bench/bench_rollout.py` prints this floor) and most of the rest is
-reading the KV cache in attention (memory-bound). Python/dispatch overhead is small (~0.3 ms/step),
-so on CPU the ratio to `model.generate` is bounded by generate's own share of that same work.
+Where the time goes (CPU, the 4.3M-param bench model, batch 64, fp32): most of it is the linear
+layers' matmuls (compute-bound; at 64 rows a CPU matmul reaches about half of the big-matrix peak;
+`bench/bench_rollout.py` prints this floor) and the rest is mostly reading the KV cache in attention
+(memory-bound, which the shared prompt cache cuts by up to n times). Python/dispatch overhead is small
+(~0.3 ms/step), so on CPU the ratio to `model.generate` is bounded by the linear-layer floor.
 
 Stop strings are searched incrementally in the decoded text: each check decodes only the new tokens
 plus a short look-back window (enough tokens to hold the longest stop string), so the total decode
@@ -59,9 +62,19 @@ _PLAIN_RMSNORMS = {"LlamaRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "MistralRMSNo
 
 
 class _FastDecoder:
-    """Hand-run Llama-family decoder with a static KV cache [L, 2, B, kv_heads, max_len, head_dim].
+    """Hand-run Llama-family decoder with a shared-prefix static KV cache.
 
-    Left padding: pad key columns carry -inf in `bias`; decode columns are always valid."""
+    The cache has two parts: the prompts' keys/values, stored ONCE per unique prompt
+    (`kv_p` [L, 2, N, KV, P, D], left-padded; pad columns carry -inf in `bias_p` [N, P]), and the
+    completions' keys/values (`kv_d` [L, 2, B, KV, M, D], written in place at column s of decode
+    step s). Row r of the batch (a completion) belongs to prompt `grp[r]` as its `slot[r]`-th sample.
+
+    A decode step's attention (`_attend_shared`) scores each row's query against its prompt's keys
+    as one matmul per prompt (the prompt's n samples' queries stacked: [n * G, D] x [D, P]) and
+    against its own completion keys, then takes one softmax over both parts. So the prompt cache is
+    read once per prompt instead of once per sample: with R1 prompts of a few hundred tokens and n = 8
+    samples that is most of the memory traffic of attention, and the prompt is never copied n times.
+    Finished rows leave the batch ("compaction"): only `kv_d`, `grp` and `slot` shrink."""
 
     @staticmethod
     def supports(model) -> bool:
@@ -83,7 +96,7 @@ class _FastDecoder:
                 return False
         return True
 
-    def __init__(self, model, rows: int, max_len: int):
+    def __init__(self, model, prompts: int, prompt_len: int, new_tokens: int):
         model = _unwrap(model)
         self.model, self.inner = model, model.model
         cfg = model.config
@@ -92,20 +105,24 @@ class _FastDecoder:
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
-        layers = len(self.inner.layers)
-        self.kv = torch.zeros(layers, 2, rows, self.n_kv, max_len, self.head_dim, device=p.device, dtype=p.dtype)
-        self.bias = torch.zeros(rows, max_len, device=p.device, dtype=p.dtype)  # 0 / -inf per key column
+        self.P, self.M, self.n = prompt_len, new_tokens, 1
+        self.layers = len(self.inner.layers)
+        self.kv_p = torch.zeros(self.layers, 2, prompts, self.n_kv, prompt_len, self.head_dim, device=p.device, dtype=p.dtype)
+        self.bias_p = torch.zeros(prompts, prompt_len, device=p.device, dtype=p.dtype)  # 0 / -inf per key column
+        self.kv_d = None  # allocated by repeat() once the number of rows is known
+        self.grp = torch.arange(prompts, device=p.device)  # row -> prompt
+        self.slot = torch.zeros(prompts, dtype=torch.long, device=p.device)  # row -> sample index within its prompt
         # rotary tables for every position, computed once by the model's own rotary module; the
         # rotate-half sign is folded into sin and the attention scale into q's tables, so applying
         # RoPE is mul + roll + addcmul and the scores need no extra scaling
         dummy = torch.zeros(1, device=p.device, dtype=p.dtype)
-        cos, sin = self.inner.rotary_emb(dummy, torch.arange(max_len, device=p.device)[None])
+        cos, sin = self.inner.rotary_emb(dummy, torch.arange(prompt_len + new_tokens, device=p.device)[None])
         cos, sin, half = cos[0], sin[0], self.head_dim // 2
         sin = torch.cat((-sin[:, :half], sin[:, half:]), dim=-1)
         scale = self.inner.layers[0].self_attn.scaling
         self.scale_folded = all(layer.self_attn.scaling == scale for layer in self.inner.layers)
         qs = scale if self.scale_folded else 1.0
-        self.rope_tab = torch.stack((cos * qs, sin * qs, cos, sin), dim=1)  # [max_len, 4, head_dim]
+        self.rope_tab = torch.stack((cos * qs, sin * qs, cos, sin), dim=1)  # [P + M, 4, D]
         norms = [m for layer in self.inner.layers for m in (layer.input_layernorm, layer.post_attention_layernorm)]
         self.fused_norm = p.dtype == torch.float32 and all(
             type(m).__name__ in _PLAIN_RMSNORMS and hasattr(m, "variance_epsilon") for m in norms + [self.inner.norm]
@@ -120,72 +137,94 @@ class _FastDecoder:
     def _rope(x, cos, sin):  # x*cos + rotate_half(x)*sin, with rotate_half's sign already in `sin`
         return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), sin)
 
-    @staticmethod
-    def _attend1(q, k, v, bias):
-        """One (pre-scaled) query per row. q [B, H, 1, D]; k, v [B, KV, T, D]; bias [B, 1, T] (0/-inf).
-        Grouped-query heads are folded into the query axis, so no K/V expansion is materialised."""
-        B, H, _, D = q.shape
-        KV = k.shape[1]
-        q = q.reshape(B, KV, H // KV, D)  # head h reads kv head h // (H // KV), as in transformers
-        scores = torch.matmul(q, k.transpose(-1, -2)).add_(bias[:, None])
-        return torch.matmul(torch.softmax(scores, dim=-1), v).reshape(B, H, 1, D)
+    def _attend_shared(self, q, kp, vp, kd, vd):
+        """One pre-scaled query per row against its prompt's cache and its own completion cache.
 
-    def _forward(self, ids, pos, col: int, mask):
-        """ids/pos [B, T] written at cache columns [col, col+T); mask [B, 1, T, col+T] (True = attend)."""
+        q [B, H, 1, D]; kp, vp [N, KV, P, D] (shared per prompt); kd, vd [B, KV, s, D]. Grouped-query
+        heads are folded into the query axis (head h reads kv head h // G, as in transformers), so no
+        K/V expansion is materialised. Returns [B, H, 1, D]."""
+        B, H, _, D = q.shape
+        N, KV, P, _ = kp.shape
+        G, n = H // KV, self.n
+        grp, slot = self.grp, self.slot
+        qr = q.reshape(B, KV, G, D)  # [B, KV, G, D]
+        qg = q.new_zeros(N, n, KV, G, D)  # queries stacked per prompt; empty slots stay 0
+        qg[grp, slot] = qr  # [N, n, KV, G, D]
+        qg = qg.permute(0, 2, 1, 3, 4).reshape(N, KV, n * G, D)  # [N, KV, n*G, D]
+        s_p = torch.matmul(qg, kp.transpose(-1, -2)).add_(self.bias_p[:, None, None])  # [N, KV, n*G, P]
+        s_p = s_p.view(N, KV, n, G, P)[grp, :, slot]  # [B, KV, G, P]  (this row's slot of its prompt)
+        s_d = torch.matmul(qr, kd.transpose(-1, -2))  # [B, KV, G, s]
+        probs = torch.softmax(torch.cat((s_p, s_d), dim=-1), dim=-1)  # [B, KV, G, P + s]
+        p_p, p_d = probs.split((P, kd.shape[2]), dim=-1)  # [B, KV, G, P], [B, KV, G, s]
+        pg = probs.new_zeros(N, n, KV, G, P)
+        pg[grp, slot] = p_p  # [N, n, KV, G, P]
+        pg = pg.permute(0, 2, 1, 3, 4).reshape(N, KV, n * G, P)  # [N, KV, n*G, P]
+        o_p = torch.matmul(pg, vp).view(N, KV, n, G, D)[grp, :, slot]  # [B, KV, G, D]
+        o = torch.matmul(p_d, vd).add_(o_p)  # [B, KV, G, D]
+        return o.reshape(B, H, 1, D)
+
+    def _forward(self, ids, pos, s: int | None, mask=None):
+        """Prefill (s None): ids/pos [N, P] -> prompt cache, with `mask` [N, 1, P, P] (True = attend).
+        Decode step s: ids/pos [B, 1] -> completion cache column s. Returns the last logits [rows, V]."""
         B, T = ids.shape
         H, KV, D = self.n_heads, self.n_kv, self.head_dim
-        x = self.inner.embed_tokens(ids)
+        x = self.inner.embed_tokens(ids)  # [B, T, hidden]
         cq, sq, ck, sk = self.rope_tab[pos].unsqueeze(1).unbind(3)  # each [B, 1, T, D]
-        gqa = KV != H
         for li, layer in enumerate(self.inner.layers):
             attn = layer.self_attn
             h = self._norm(layer.input_layernorm, x)
             q = attn.q_proj(h).view(B, T, H, D)
             k = attn.k_proj(h).view(B, T, KV, D)
-            v = attn.v_proj(h).view(B, T, KV, D).transpose(1, 2)
+            v = attn.v_proj(h).view(B, T, KV, D).transpose(1, 2)  # [B, KV, T, D]
             if getattr(attn, "q_norm", None) is not None:  # qwen3-style per-head norms
                 q, k = attn.q_norm(q), attn.k_norm(k)
-            q = self._rope(q.transpose(1, 2), cq, sq)
-            k = self._rope(k.transpose(1, 2), ck, sk)
-            kc, vc = self.kv[li, 0], self.kv[li, 1]
-            kc[:, :, col : col + T] = k
-            vc[:, :, col : col + T] = v
-            if T == 1 and self.scale_folded:  # decode: plain matmuls beat the fused CPU kernel here
-                o = self._attend1(q, kc[:, :, : col + 1], vc[:, :, : col + 1], mask)
+            q = self._rope(q.transpose(1, 2), cq, sq)  # [B, H, T, D]
+            k = self._rope(k.transpose(1, 2), ck, sk)  # [B, KV, T, D]
+            if not self.scale_folded:
+                q = q * attn.scaling
+            if s is None:
+                kc, vc = self.kv_p[li, 0], self.kv_p[li, 1]  # [N, KV, P, D]
+                kc.copy_(k)
+                vc.copy_(v)
+                o = F.scaled_dot_product_attention(q, kc, vc, attn_mask=mask, scale=1.0, enable_gqa=KV != H)
             else:
-                o = F.scaled_dot_product_attention(
-                    q, kc[:, :, : col + T], vc[:, :, : col + T], attn_mask=mask,
-                    scale=1.0 if self.scale_folded else attn.scaling, enable_gqa=gqa,
-                )
+                kd, vd = self.kv_d[li, 0], self.kv_d[li, 1]  # [B, KV, M, D]
+                kd[:, :, s : s + 1] = k
+                vd[:, :, s : s + 1] = v
+                o = self._attend_shared(q, self.kv_p[li, 0], self.kv_p[li, 1], kd[:, :, : s + 1], vd[:, :, : s + 1])
             x = x + attn.o_proj(o.transpose(1, 2).reshape(B, T, H * D))
             x = x + layer.mlp(self._norm(layer.post_attention_layernorm, x))
-        return self.model.lm_head(self._norm(self.inner.norm, x[:, -1])).float()
+        return self.model.lm_head(self._norm(self.inner.norm, x[:, -1])).float()  # [B, V]
 
     def prefill(self, ids, am, pos):
         T = ids.shape[1]
-        self.bias[: ids.shape[0], :T].masked_fill_(~am, float("-inf"))
+        self.bias_p.masked_fill_(~am, float("-inf"))
         causal = torch.ones(T, T, dtype=torch.bool, device=ids.device).tril()
         mask = causal & am[:, None, :]
         mask |= torch.eye(T, dtype=torch.bool, device=ids.device)  # pad queries see themselves: no NaN rows
-        return self._forward(ids, pos, 0, mask[:, None])
+        return self._forward(ids, pos, None, mask[:, None])
 
     def repeat(self, n: int):
-        self.kv = self.kv.repeat_interleave(n, dim=2)
-        self.bias = self.bias.repeat_interleave(n, dim=0)
+        """n samples per prompt: rows grouped by prompt (prompt 0's n samples first)."""
+        N = self.kv_p.shape[2]
+        self.n = n
+        self.grp = torch.arange(N, device=self.device).repeat_interleave(n)  # [B]
+        self.slot = torch.arange(n, device=self.device).repeat(N)  # [B]
+        self.kv_d = torch.zeros(self.layers, 2, N * n, self.n_kv, self.M, self.head_dim, device=self.device, dtype=self.dtype)
 
     def select(self, idx):
-        self.kv = self.kv.index_select(2, idx)
-        self.bias = self.bias.index_select(0, idx)
+        self.kv_d = self.kv_d.index_select(2, idx)
+        self.grp, self.slot = self.grp.index_select(0, idx), self.slot.index_select(0, idx)
 
     def step(self, tok, pos, col: int):
-        return self._forward(tok[:, None], pos[:, None], col, self.bias[:, None, : col + 1])
+        return self._forward(tok[:, None], pos[:, None], col - self.P)
 
 
 class _HFDecoder:
     """Generic fallback: the model's own forward with a transformers DynamicCache."""
 
-    def __init__(self, model, rows: int, max_len: int):
-        self.model, self.max_len, self.cache, self.am = model, max_len, None, None
+    def __init__(self, model, prompts: int, prompt_len: int, new_tokens: int):
+        self.model, self.max_len, self.cache, self.am = model, prompt_len + new_tokens, None, None
 
     def _call(self, ids, am, pos):
         out = self.model(input_ids=ids, attention_mask=am, position_ids=pos, past_key_values=self.cache, use_cache=True)
@@ -201,6 +240,8 @@ class _HFDecoder:
         return self._call(ids, self.am[:, : ids.shape[1]], pos)
 
     def repeat(self, n: int):
+        if n == 1:
+            return
         self.cache.batch_repeat_interleave(n)
         self.am = self.am.repeat_interleave(n, dim=0)
 
@@ -312,10 +353,10 @@ class HFEngine:
         check_every = self.check_every or (1 if dev.type == "cpu" else 8)
         eos = torch.tensor(self.eos_ids, dtype=torch.long, device=dev)
 
-        dec = self._decoder_cls()(self.model, N, P + M)
+        dec = self._decoder_cls()(self.model, N, P, M)
         logits = dec.prefill(ids, am, pos)  # prefill the unique prompts once ...
-        if n > 1:  # ... and share their cache among the n samples
-            dec.repeat(n)
+        dec.repeat(n)  # ... and share their cache among the n samples
+        if n > 1:
             logits = logits.repeat_interleave(n, dim=0)
         cur_pos = am.sum(1).repeat_interleave(n)  # position of the next token fed
 
