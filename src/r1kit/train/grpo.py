@@ -29,7 +29,7 @@ from r1kit.config import to_dict
 from r1kit.data.datasets import DataError, load_dataset_rows
 from r1kit.data.templates import is_conversation, render_prompt
 from r1kit.eval.metrics import reflection_rate
-from r1kit.models.loading import load_model_and_tokenizer, save_model
+from r1kit.models.loading import enable_activation_checkpointing, load_model_and_tokenizer, save_model
 from r1kit.rewards import get_reward, language_mixing_rate, reward_metrics, score_completions
 from r1kit.rollout import RolloutError, SamplingParams, make_engine
 from r1kit.train.batch import batched_logps, collate, completion_logps
@@ -62,6 +62,8 @@ def train(cfg: GRPOConfig, callback=None) -> Path:
     model, tokenizer = load_model_and_tokenizer(cfg.model_name_or_path, dtype=cfg.dtype, device=str(rt.device),
                                                 tokenizer_name_or_path=cfg.tokenizer_name_or_path, lora=cfg.lora())
     model.train()
+    if cfg.gradient_checkpointing:
+        enable_activation_checkpointing(model)
     ref_model = reference_model(model) if cfg.beta > 0 else None
     model = rt.prepare_model(model)  # rank 0's weights on every rank; fsdp2: sharded
     data = prepare_data(cfg, tokenizer)

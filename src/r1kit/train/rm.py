@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from r1kit.config import to_dict
 from r1kit.data.datasets import DataError
-from r1kit.models.loading import TINY_PREFIX, load_model_and_tokenizer, save_model
+from r1kit.models.loading import TINY_PREFIX, enable_activation_checkpointing, load_model_and_tokenizer, save_model
 from r1kit.rewards.reward_model import (META_FILE, load_reward_model, prepare_reward_tokenizer, resolve_template,
                                         rm_text, segment_text)
 from r1kit.train.optim import apply_update, make_optimizer
@@ -53,6 +53,8 @@ def train(cfg: RMConfig) -> Path:
     model, tokenizer = load_backbone(cfg.model_name_or_path, cfg.dtype, device)
     prepare_reward_tokenizer(model, tokenizer, cfg.max_length)
     model.train()
+    if cfg.gradient_checkpointing:
+        enable_activation_checkpointing(model)
     template = resolve_template(cfg.template, tokenizer)
     data = prepare_pairs(cfg, tokenizer, template)
     train_set, eval_set = data["train"], data["eval"]

@@ -32,7 +32,7 @@ from r1kit.algo import selective_log_softmax
 from r1kit.config import to_dict
 from r1kit.data.datasets import DataError
 from r1kit.data.sft_data import SFTBatch, build_examples, collate, fingerprint, load_sft_rows, pack_examples
-from r1kit.models.loading import load_model_and_tokenizer, save_model
+from r1kit.models.loading import enable_activation_checkpointing, load_model_and_tokenizer, save_model
 from r1kit.train.optim import apply_update, make_optimizer
 from r1kit.train.checkpoint import check_resume, find_checkpoint, load_checkpoint, save_checkpoint
 from r1kit.train.sampler import PromptSampler
@@ -55,6 +55,8 @@ def train(cfg: SFTConfig) -> Path:
     model, tokenizer = load_model_and_tokenizer(cfg.model_name_or_path, dtype=cfg.dtype, device=str(rt.device),
                                                 tokenizer_name_or_path=cfg.tokenizer_name_or_path, lora=cfg.lora())
     model.train()
+    if cfg.gradient_checkpointing:
+        enable_activation_checkpointing(model)
     data = prepare_data(cfg, tokenizer)
     rows = data["rows"]  # each: a list of one example (or several, packed)
     if len(rows) < rt.world_size:

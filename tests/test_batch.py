@@ -1,0 +1,56 @@
+"""The training forward (r1kit.train.batch.completion_logps): prompt sharing and activation
+checkpointing give the plain per-row forward's log-probs, entropies and gradients."""
+
+import pytest
+import torch
+
+from r1kit.models.loading import enable_activation_checkpointing
+from r1kit.models.tiny import build_model, build_tokenizer
+from r1kit.train.batch import collate, completion_logps
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _batch(tok):
+    # two GRPO groups (3 + 2 rows) with prompts of different lengths (left padding) and completions of
+    # different lengths (right padding), one completion empty of everything but one token
+    p1, p2 = tok("What is 17 * 3?").input_ids, tok("Hi").input_ids
+    comps = [tok(t).input_ids for t in (" <think> 51", " 50 ok", " <answer> 51 </answer>", " x", " hello there")]
+    return collate([p1, p1, p1, p2, p2], comps, tok.pad_token_id)
+
+
+def _run(model, batch, **kw):
+    model.zero_grad(set_to_none=True)
+    logps, ent = completion_logps(model, batch, temperature=0.7, with_entropy=True, **kw)  # [B, T]
+    mask = batch.completion_mask
+    (logps * mask * torch.linspace(0.5, 1.5, mask.numel()).view_as(mask)).sum().backward()  # weighted: rows differ
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return logps.detach() * mask, ent * mask, grads
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+def test_prompt_sharing_and_checkpointing_equal_the_plain_forward(arch):
+    tok = build_tokenizer()
+    model = build_model(tok, arch=arch, num_kv_heads=2, seed=0).train()
+    batch = _batch(tok)
+    plain = _run(model, batch, share_prompts=False)
+    shared = _run(model, batch)
+    enable_activation_checkpointing(model)
+    try:
+        ckpt = _run(model, batch)
+        ckpt_plain = _run(model, batch, share_prompts=False)
+    finally:
+        model.activation_checkpointing_disable()
+    assert plain[0].abs().sum() > 0 and len(plain[2]) == len(list(model.parameters()))
+    for other in (shared, ckpt, ckpt_plain):
+        assert torch.allclose(other[0], plain[0], atol=1e-5, rtol=0)
+        assert torch.allclose(other[1], plain[1], atol=1e-5, rtol=0)
+        assert other[2].keys() == plain[2].keys()
+        for name, g in plain[2].items():
+            assert torch.allclose(other[2][name], g, atol=1e-5, rtol=1e-4), name
