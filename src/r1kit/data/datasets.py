@@ -170,7 +170,7 @@ def _read_json_lines(path: Path) -> tuple[list[dict], list[int]]:
     return rows, lines
 
 
-def _read_json_file(path: Path) -> tuple[list[dict], list[int] | None]:
+def read_json_file(path: Path) -> tuple[list[dict], list[int] | None]:
     """A `.jsonl` file, or a `.json` file holding either a list of objects or JSON lines."""
     if path.suffix == ".json":
         text = path.read_text(encoding="utf-8")
@@ -200,7 +200,7 @@ def _rows_to_dataset(rows: list[dict], source: str):
 def _load_file(path: Path, prompt_column: str, answer_column: str):
     source = str(path)
     if path.suffix in _JSON_SUFFIXES:
-        rows, lines = _read_json_file(path)
+        rows, lines = read_json_file(path)
         # Validate the raw rows first: arrow cannot even build a column mixing str and int answers.
         validate_rows(rows, source, prompt_column=prompt_column, answer_column=answer_column, line_numbers=lines)
         return _rows_to_dataset(rows, source)
@@ -211,7 +211,9 @@ def _load_file(path: Path, prompt_column: str, answer_column: str):
     raise DataError(f"{source}: unsupported file type {path.suffix!r}; use .jsonl, .json or .parquet")
 
 
-def _split_files(folder: Path, split: str) -> list[Path]:
+def split_files(folder: Path, split: str) -> list[Path]:
+    """The .jsonl/.json/.parquet files of `folder` whose names start with `split`; a folder whose files
+    name no split at all is the train split."""
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in _JSON_SUFFIXES + _PARQUET_SUFFIXES)
     if not files:
         return []
@@ -234,7 +236,7 @@ def _load_folder(folder: Path, split: str, prompt_column: str, answer_column: st
                 raise DataError(f"{folder}: no split {split!r}; available splits: {list(ds)}")
             ds = ds[split]
         return ds
-    files = _split_files(folder, split)
+    files = split_files(folder, split)
     if not files:
         raise DataError(
             f"{folder}: no data files for split {split!r} (looked for .jsonl/.json/.parquet files, "
@@ -266,7 +268,8 @@ def _load_task(task_name: str, split: str, num_rows: int | None, seed: int):
     return Dataset.from_list(task.dataset(split, n, seed))
 
 
-def _load_hub(name: str, split: str, dataset_config: str | None):
+def load_hub(name: str, split: str, dataset_config: str | None):
+    """A Hugging Face Hub dataset split (or DataError naming it)."""
     from datasets import load_dataset
 
     try:
@@ -279,7 +282,8 @@ def _load_hub(name: str, split: str, dataset_config: str | None):
 # Entry point
 
 
-def _looks_like_path(name: str) -> bool:
+def looks_like_path(name: str) -> bool:
+    """True for names meant as local files/folders (so a missing one is not looked up on the Hub)."""
     return (
         name.startswith((".", "/", "~"))
         or name.endswith(_JSON_SUFFIXES + _PARQUET_SUFFIXES)
@@ -317,11 +321,11 @@ def load_dataset_rows(
             ds = _load_file(path, prompt_column, answer_column)
         elif path.is_dir():
             ds = _load_folder(path, split, prompt_column, answer_column)
-        elif _looks_like_path(dataset_name):
+        elif looks_like_path(dataset_name):
             raise DataError(f"{dataset_name}: no such file or folder")
         else:
             source = dataset_name
-            ds = _load_hub(dataset_name, split, dataset_config)
+            ds = load_hub(dataset_name, split, dataset_config)
 
     if num_rows is not None:
         if num_rows <= 0:

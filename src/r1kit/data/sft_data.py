@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from r1kit.data.datasets import (DataError, RowProblems, _load_hub, _looks_like_path, _read_json_file,
-                                 _split_files)
-from r1kit.data.templates import _plain_messages, is_conversation, render_prompt
+from r1kit.data.datasets import (DataError, RowProblems, load_hub, looks_like_path, read_json_file,
+                                 split_files)
+from r1kit.data.templates import is_conversation, plain_messages, render_prompt
 
 
 @dataclass
@@ -38,7 +38,7 @@ class Example:
 
 def _read_table(path: Path) -> tuple[list[dict], list[int] | None]:
     if path.suffix in (".jsonl", ".json"):
-        return _read_json_file(path)
+        return read_json_file(path)
     if path.suffix == ".parquet":
         from datasets import Dataset
 
@@ -67,16 +67,16 @@ def load_sft_rows(dataset_name: str, split: str = "train", *, dataset_config: st
                 ds = ds[split]
             rows = ds.to_list()
         else:
-            files = _split_files(path, split)
+            files = split_files(path, split)
             if not files:
                 raise DataError(f"{path}: no .jsonl/.json/.parquet files for split {split!r}")
             rows = []
             for f in files:
                 rows += _read_table(f)[0]
-    elif _looks_like_path(dataset_name) or dataset_name.startswith("r1kit:"):
+    elif looks_like_path(dataset_name) or dataset_name.startswith("r1kit:"):
         raise DataError(f"{dataset_name}: no such file or folder (SFT needs messages or prompt/completion rows)")
     else:
-        rows = _load_hub(dataset_name, split, dataset_config).to_list()
+        rows = load_hub(dataset_name, split, dataset_config).to_list()
     if not rows:
         raise DataError(f"{path}: the dataset is empty (no rows)")
     if num_rows is not None:
@@ -158,7 +158,7 @@ def encode_row(row: dict, tokenizer, *, kind: str, template: str = "r1_zero", sy
         if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
             raise ValueError(f"{messages_column!r} has no non-empty assistant turn to train on")
         _need_chat_template(tokenizer, "'messages' data")
-        messages = _plain_messages(messages)
+        messages = plain_messages(messages)
         if system_prompt is not None and messages[0]["role"] != "system":
             messages = [{"role": "system", "content": system_prompt}] + messages
         pieces = [(_ids(tokenizer, t, False), a) for t, a in chat_segments(messages, tokenizer)]
@@ -193,11 +193,11 @@ def encode_row(row: dict, tokenizer, *, kind: str, template: str = "r1_zero", sy
             if not any(m["content"].strip() for m in completion):
                 raise ValueError(f"{completion_column!r} is empty")
             _need_chat_template(tokenizer, "a completion given as messages")
-            convo = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else _plain_messages(prompt)
+            convo = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else plain_messages(prompt)
             if system_prompt is not None and convo[0]["role"] != "system":
                 convo = [{"role": "system", "content": system_prompt}] + convo
             pieces = [(_ids(tokenizer, t, False), a)
-                      for t, a in chat_segments(convo + _plain_messages(completion), tokenizer)]
+                      for t, a in chat_segments(convo + plain_messages(completion), tokenizer)]
     input_ids = [t for ids, _ in pieces for t in ids]
     mask = [int(a or not completion_only_loss) for ids, a in pieces for _ in ids]
     mask[0] = 0  # the first token has nothing before it to be predicted from

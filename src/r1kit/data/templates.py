@@ -45,7 +45,8 @@ def _has_chat_template(tokenizer) -> bool:
     return tokenizer is not None and bool(getattr(tokenizer, "chat_template", None))
 
 
-def _plain_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict]:
+def plain_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """The messages as plain dicts, without the None fields Arrow adds."""
     # Arrow turns lists of dicts into dicts with every key seen in the column (missing ones None);
     # drop those None extras so chat templates do not see e.g. a "name": None field.
     return [{k: v for k, v in m.items() if v is not None or k in ("role", "content")} for m in messages]
@@ -99,7 +100,7 @@ def _render_chat(prompt, tokenizer, system_prompt: str | None, conversation: boo
                 "use template: r1_zero or a tokenizer with a chat template"
             )
         return prompt  # a plain-text prompt for a tokenizer without chat template is used as is
-    messages = _plain_messages(prompt) if conversation else [{"role": "user", "content": prompt}]
+    messages = plain_messages(prompt) if conversation else [{"role": "user", "content": prompt}]
     if system_prompt is not None and not any(m["role"] == "system" for m in messages):
         messages = [{"role": "system", "content": system_prompt}] + messages
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
