@@ -75,8 +75,9 @@ def _bars(path: Path, names: list[str], panels: list[tuple[str, list, list | Non
         if "length" not in label and all(v is None or 0 <= v <= 1 for v in vals):
             ax.set_xlim(0, 1.1)  # rates
         ax.grid(axis="x", alpha=0.3)
-        for i, v in enumerate(vals):
-            ax.text(ys[i], i, f" {v:.3g}" if v is not None else " –", va="center", fontsize=7)
+        for i, v in enumerate(vals):  # the label sits past the error bar, not on it
+            x = ys[i] + (err[1][i] if err is not None else 0.0)
+            ax.text(x, i, f" {v:.3g}" if v is not None else " –", va="center", fontsize=7)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     fig.suptitle(title, fontsize=11)
