@@ -6,7 +6,7 @@ import torch
 
 from r1kit.models.loading import enable_activation_checkpointing
 from r1kit.models.tiny import build_model, build_tokenizer
-from r1kit.train.batch import collate, completion_logps
+from r1kit.train.batch import _can_share_prompts, _checkpointed_layers, collate, completion_logps
 
 
 @pytest.fixture(autouse=True)
@@ -43,6 +43,7 @@ def test_prompt_sharing_and_checkpointing_equal_the_plain_forward(arch):
     shared = _run(model, batch)
     enable_activation_checkpointing(model)
     try:
+        assert _can_share_prompts(model, _checkpointed_layers(model))  # the shared path, not the fallback
         ckpt = _run(model, batch)
         ckpt_plain = _run(model, batch, share_prompts=False)
     finally:
@@ -54,3 +55,17 @@ def test_prompt_sharing_and_checkpointing_equal_the_plain_forward(arch):
         assert other[2].keys() == plain[2].keys()
         for name, g in plain[2].items():
             assert torch.allclose(other[2][name], g, atol=1e-5, rtol=1e-4), name
+
+
+def test_no_prompt_sharing_where_checkpointed_layers_would_drop_the_cache(monkeypatch):
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    tok = build_tokenizer()
+    model = build_model(tok, seed=0).train()
+    assert _checkpointed_layers(model) == []  # checkpointing off: sharing needs no flag
+    enable_activation_checkpointing(model)
+    layers = _checkpointed_layers(model)
+    assert len(layers) == model.config.num_hidden_layers and all(isinstance(m, GradientCheckpointingLayer) for m in layers)
+    # a transformers release without the keep-the-cache flag drops every cache in checkpointed layers
+    monkeypatch.delattr(GradientCheckpointingLayer, "_can_checkpoint_with_cache")
+    assert _checkpointed_layers(model) is None and not _can_share_prompts(model, None)

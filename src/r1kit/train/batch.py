@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from r1kit.algo.logprobs import chunk_rows, selective_log_softmax, selective_log_softmax_with_entropy
 
@@ -97,11 +98,23 @@ class _ReplaySafeLayer(DynamicLayer):
         return self.keys, self.values
 
 
+def _checkpointed_layers(model) -> list | None:
+    """The decoder layers that activation checkpointing will replay in this forward: [] when it is off
+    (or in eval), None when it is on but not through transformers' `GradientCheckpointingLayer`s that
+    can keep a cache (older releases, other mechanisms): prompt sharing is then not safe."""
+    on = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) and m.training]
+    if not on:
+        return []
+    layers = [m for m in on if isinstance(m, GradientCheckpointingLayer)]
+    if not layers or not hasattr(GradientCheckpointingLayer, "_can_checkpoint_with_cache"):
+        return None
+    return layers
+
+
 @contextlib.contextmanager
-def _cache_ok_under_checkpointing(model):
-    """Let checkpointed decoder layers keep the (replay-safe) cache during this forward. The flag is
+def _cache_ok_under_checkpointing(layers: list):
+    """Let these checkpointed layers keep the (replay-safe) cache during this forward. The flag is
     read when a layer is called; the replay in backward reuses the arguments of that call."""
-    layers = [m for m in model.modules() if hasattr(m, "_can_checkpoint_with_cache")]
     saved = [m.__dict__.get("_can_checkpoint_with_cache") for m in layers]
     for m in layers:
         m._can_checkpoint_with_cache = True
@@ -115,13 +128,15 @@ def _cache_ok_under_checkpointing(model):
                 m._can_checkpoint_with_cache = v
 
 
-def _can_share_prompts(model) -> bool:
+def _can_share_prompts(model, checkpointed: list | None) -> bool:
     """Prompt sharing runs the model twice per micro-batch (prompt with a KV cache, then completions);
-    keep the single plain forward for encoder-decoders and sliding-window attention. (FSDP2 models
-    share too: each forward gathers and reshards the weights; backward gathers them once more.)"""
+    keep the single plain forward for encoder-decoders and sliding-window attention, and under
+    activation checkpointing that would drop the cache (`checkpointed` None: the completions would
+    lose their prompt). (FSDP2 models share too: each forward gathers and reshards the weights;
+    backward gathers them once more.)"""
     cfg = getattr(model, "config", None)
     return cfg is not None and not getattr(cfg, "is_encoder_decoder", False) and \
-        not getattr(cfg, "use_sliding_window", False)
+        not getattr(cfg, "use_sliding_window", False) and checkpointed is not None
 
 
 def completion_logps(model, batch: Batch, temperature: float = 1.0, with_entropy: bool = False,
@@ -165,9 +180,10 @@ def completion_logps(model, batch: Batch, temperature: float = 1.0, with_entropy
         return selective_log_softmax(logits, index, temperature=t, chunk_size=chunk), None
 
     groups = _prompt_groups(ids[:, :P2], am[:, :P2]) if share_prompts and P2 > 0 and B > 1 else None
-    if groups is not None and _can_share_prompts(model):
+    checkpointed = _checkpointed_layers(model)
+    if groups is not None and _can_share_prompts(model, checkpointed):
         starts, row_group = groups
-        with _cache_ok_under_checkpointing(model):
+        with _cache_ok_under_checkpointing(checkpointed):
             cache = Cache(layer_class_to_replicate=_ReplaySafeLayer)  # filled with the prompts' keys/values
             pout = model(input_ids=ids[starts, :P2], attention_mask=am[starts, :P2], position_ids=pos[starts, :P2],
                          past_key_values=cache, use_cache=True, logits_to_keep=1)
