@@ -105,13 +105,13 @@ class _FastDecoder:
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
-        self.P, self.M, self.n = prompt_len, new_tokens, 1
+        self.P, self.M = prompt_len, new_tokens
         self.layers = len(self.inner.layers)
         self.kv_p = torch.zeros(self.layers, 2, prompts, self.n_kv, prompt_len, self.head_dim, device=p.device, dtype=p.dtype)
         self.bias_p = torch.zeros(prompts, prompt_len, device=p.device, dtype=p.dtype)  # 0 / -inf per key column
-        self.kv_d = None  # allocated by repeat() once the number of rows is known
-        self.grp = torch.arange(prompts, device=p.device)  # row -> prompt
-        self.slot = torch.zeros(prompts, dtype=torch.long, device=p.device)  # row -> sample index within its prompt
+        # set by repeat(), once the samples per prompt are known: n, the completion cache, and each
+        # row's prompt (grp) and sample index within it (slot)
+        self.n = self.kv_d = self.grp = self.slot = None
         # rotary tables for every position, computed once by the model's own rotary module; the
         # rotate-half sign is folded into sin and the attention scale into q's tables, so applying
         # RoPE is mul + roll + addcmul and the scores need no extra scaling
