@@ -30,17 +30,21 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_tokenizer(texts: Iterable[str] | None = None, vocab_size: int = 300, chat_template: bool = False):
+def build_tokenizer(texts: Iterable[str] | None = None, vocab_size: int = 300, chat_template: bool = False,
+                    split_digits: bool = False):
     """Train a byte-level BPE tokenizer on `texts` and wrap it as a transformers fast tokenizer.
 
     The vocabulary is the 256 byte symbols, two special tokens (EOS, PAD) and merges up to
-    `vocab_size`. With `chat_template=True` a minimal chat template is attached.
+    `vocab_size`. With `chat_template=True` a minimal chat template is attached; with
+    `split_digits=True` every digit is its own token (the tiny-world base model's tokenizer).
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+                         if split_digits else byte_level)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

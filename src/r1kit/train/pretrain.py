@@ -22,8 +22,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-EOS = "<|endoftext|>"
-PAD = "<|pad|>"
+from r1kit.models import tiny
 
 
 def _f(default, help: str, **kw):
@@ -99,31 +98,8 @@ class PretrainConfig:
 
 
 def build_tokenizer(texts: list[str], vocab_size: int):
-    """Byte-level BPE whose pre-tokenizer splits every digit into its own token."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
-    )
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[EOS, PAD],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(texts, trainer=trainer)
-    hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD, bos_token=None,
-                                 padding_side="left")
-    try:
-        from r1kit.models.tiny import CHAT_TEMPLATE
-
-        hf.chat_template = CHAT_TEMPLATE
-    except ImportError:  # pragma: no cover
-        pass
-    return hf
+    """Byte-level BPE whose pre-tokenizer splits every digit into its own token, with the chat template."""
+    return tiny.build_tokenizer(texts, vocab_size, chat_template=True, split_digits=True)
 
 
 def pack_documents(token_docs: list[list[int]], block: int, pad_id: int) -> tuple[list[list[int]], int]:
