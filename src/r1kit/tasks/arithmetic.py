@@ -32,6 +32,13 @@ def evaluate(a: int, op: str, b: int) -> int:
     return {"+": a + b, "-": a - b, "*": a * b}[op]
 
 
+def binary_row(task: str, prompt: str, a: int, op: str, b: int, difficulty: int) -> dict:
+    """The row of a task asking ``a op b``: its exact solution, and the key and operands that the
+    split and the tiny-world corpus read."""
+    return {"prompt": prompt, "solution": str(evaluate(a, op, b)), "task": task, "difficulty": difficulty,
+            "key": binary_key(a, op, b), "a": a, "b": b, "op": op}
+
+
 class ArithmeticTask(Task):
     def __init__(self, name: str = "arithmetic", ops: str = "+-*", digits: int = 2, digits_b: int | None = None,
                  min_digits: int | None = None):
@@ -60,17 +67,7 @@ class ArithmeticTask(Task):
             b = rng.randint(2, 9)
         if op == "-" and b > a:
             a, b = b, a
-        expr = f"{a} {op} {b}"
-        return {
-            "prompt": rng.choice(PROMPTS).format(e=expr),
-            "solution": str(evaluate(a, op, b)),
-            "task": self.name,
-            "difficulty": d,
-            "key": binary_key(a, op, b),
-            "a": a,
-            "b": b,
-            "op": op,
-        }
+        return binary_row(self.name, rng.choice(PROMPTS).format(e=f"{a} {op} {b}"), a, op, b, d)
 
     def score(self, completion_text: str, row: dict) -> float:
         return score_number(completion_text, row)

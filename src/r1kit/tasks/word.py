@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 
 from . import Task, register_task, score_number
-from .arithmetic import binary_key, evaluate
+from .arithmetic import binary_row
 
 NAMES = ["Anna", "Ben", "Mia", "Leo", "Sara", "Tom", "Nina", "Omar"]
 THINGS = ["apples", "pens", "stickers", "marbles", "books", "coins", "cards", "shells"]
@@ -53,16 +53,7 @@ class WordTask(Task):
         b = rng.randint(2, 9) if op == "*" else rng.randint(lo, hi)
         if op == "-" and b > a:
             a, b = b, a
-        return {
-            "prompt": word_question(rng, a, op, b),
-            "solution": str(evaluate(a, op, b)),
-            "task": self.name,
-            "difficulty": self.digits,
-            "key": binary_key(a, op, b),
-            "a": a,
-            "b": b,
-            "op": op,
-        }
+        return binary_row(self.name, word_question(rng, a, op, b), a, op, b, self.digits)
 
     def score(self, completion_text: str, row: dict) -> float:
         return score_number(completion_text, row)
