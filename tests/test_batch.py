@@ -9,13 +9,6 @@ from r1kit.models.tiny import build_model, build_tokenizer
 from r1kit.train.batch import _can_share_prompts, _checkpointed_layers, collate, completion_logps
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _batch(tok):
     # two GRPO groups (3 + 2 rows) with prompts of different lengths (left padding) and completions of

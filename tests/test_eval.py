@@ -5,7 +5,6 @@ import json
 import math
 
 import pytest
-import torch
 
 import r1kit.rollout
 from r1kit.cli import main as cli_main
@@ -16,13 +15,6 @@ from r1kit.rollout import Completion
 KEYS = ["pass@1", "pass@1_ci", "cons@k", "pass@k", "k", "num_problems", "mean_response_length",
         "reflection_rate", "language_mixing_rate", "model", "sampling"]
 
-
-@pytest.fixture(autouse=True)
-def one_thread():  # the CI machine's 2 cores are shared: oversubscribed threads are 10-50x slower
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_pass_at_k_hand_values():

@@ -21,13 +21,6 @@ from r1kit.train.tracking import read_metrics
 TIMING = ("timing_s/", "perf/")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():  # the CI machine's 2 cores are shared: oversubscribed threads are 10-50x slower
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def tiny():
