@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from r1kit.cli import main as cli_main
 from r1kit.data.datasets import DataError
-from r1kit.data.sft_data import Example, build_examples, collate, encode_row, pack_examples
+from r1kit.data.sft_data import Example, build_examples, collate, encode_row, load_sft_rows, pack_examples
 from r1kit.data.templates import render_prompt
 from r1kit.models.tiny import build_tiny
 from r1kit.train.checkpoint import list_checkpoints
@@ -223,3 +223,15 @@ def test_plain_template_joins_prompt_and_completion_like_words(tiny):
     # a prompt already ending in whitespace gets nothing added; nor does a chat-rendered prompt
     ex = encode_row({"prompt": "Q: 2 + 3 =\n", "completion": "5"}, tok, kind="prompt_completion", template="none")
     assert [t for t, m in zip(ex.input_ids, ex.loss_mask) if m] == tok("5", add_special_tokens=False).input_ids + [tok.eos_token_id]
+
+
+def test_sft_reads_save_to_disk_folders(tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    rows = pc_rows(3)
+    Dataset.from_list(rows).save_to_disk(str(tmp_path / "one"))
+    DatasetDict({"train": Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "dict"))
+    assert load_sft_rows(str(tmp_path / "one"))[0] == rows
+    assert load_sft_rows(str(tmp_path / "dict"))[0] == rows
+    with pytest.raises(DataError, match="no split 'test'; available splits: \\['train'\\]"):
+        load_sft_rows(str(tmp_path / "dict"), split="test")

@@ -226,16 +226,26 @@ def split_files(folder: Path, split: str) -> list[Path]:
     return files if split == "train" else []
 
 
-def _load_folder(folder: Path, split: str, prompt_column: str, answer_column: str):
-    from datasets import DatasetDict, concatenate_datasets, load_from_disk
+def load_saved_split(folder: Path, split: str):
+    """`split` of a `save_to_disk` folder (a Dataset or a DatasetDict), or None for any other folder."""
+    if not ((folder / "dataset_info.json").exists() or (folder / "dataset_dict.json").exists()):
+        return None
+    from datasets import DatasetDict, load_from_disk
 
-    if (folder / "dataset_info.json").exists() or (folder / "dataset_dict.json").exists():
-        ds = load_from_disk(str(folder))
-        if isinstance(ds, DatasetDict):
-            if split not in ds:
-                raise DataError(f"{folder}: no split {split!r}; available splits: {list(ds)}")
-            ds = ds[split]
-        return ds
+    ds = load_from_disk(str(folder))
+    if isinstance(ds, DatasetDict):
+        if split not in ds:
+            raise DataError(f"{folder}: no split {split!r}; available splits: {list(ds)}")
+        ds = ds[split]
+    return ds
+
+
+def _load_folder(folder: Path, split: str, prompt_column: str, answer_column: str):
+    from datasets import concatenate_datasets
+
+    saved = load_saved_split(folder, split)
+    if saved is not None:
+        return saved
     files = split_files(folder, split)
     if not files:
         raise DataError(

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from r1kit.data.datasets import (DataError, RowProblems, load_hub, looks_like_path, read_json_file,
-                                 split_files)
+from r1kit.data.datasets import (DataError, RowProblems, load_hub, load_saved_split, looks_like_path,
+                                 read_json_file, split_files)
 from r1kit.data.templates import is_conversation, plain_messages, render_prompt
 
 
@@ -57,15 +57,9 @@ def load_sft_rows(dataset_name: str, split: str = "train", *, dataset_config: st
     if path.is_file():
         rows, lines = _read_table(path)
     elif path.is_dir():
-        if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
-            from datasets import DatasetDict, load_from_disk
-
-            ds = load_from_disk(str(path))
-            if isinstance(ds, DatasetDict):
-                if split not in ds:
-                    raise DataError(f"{path}: no split {split!r}; available splits: {list(ds)}")
-                ds = ds[split]
-            rows = ds.to_list()
+        saved = load_saved_split(path, split)
+        if saved is not None:
+            rows = saved.to_list()
         else:
             files = split_files(path, split)
             if not files:
