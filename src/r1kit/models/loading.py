@@ -215,7 +215,8 @@ def load_model_and_tokenizer(
 def enable_activation_checkpointing(model) -> None:
     """Recompute each decoder layer's activations during backward instead of keeping them (one extra
     forward for a fraction of the memory). Non-reentrant checkpointing: no inputs need grads (LoRA
-    works as is). r1kit's prompt-shared forward keeps its KV cache under it (train/batch.py)."""
+    works as is). r1kit's prompt-shared forward keeps its KV cache under it where transformers lets
+    checkpointed layers keep one, and falls back to the plain forward elsewhere (train/batch.py)."""
     enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5 name
     if enable is not None:
         enable(activation_checkpointing_kwargs={"use_reentrant": False})
