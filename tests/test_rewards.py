@@ -146,16 +146,23 @@ def test_linear_time_on_long_completions():
     adversarial = ["<think>" * 40000, "</think><answer>" * 20000, "\\boxed{" * 40000,
                    "{" * 300000, "<answer>" * 40000 + "</answer>", "1," * 150000,
                    "汉字ab" * 75000]
+    def best_of_3(fn, *args, **kw):  # a shared machine only adds time: the fastest of 3 runs is fn's own cost
+        times = []
+        for _ in range(3):
+            t = time.perf_counter()
+            fn(*args, **kw)
+            times.append(time.perf_counter() - t)
+        return min(times)
+
+    def answer_checks(text):
+        accuracy(["q"], [text], solution=["42"])
+        extract_answer_lenient(text)
+
     for text in [long_good] + adversarial:
         assert len(text) >= 280000
         for fn in (format_reward, tag_count, language_reward):
-            t = time.perf_counter()
-            fn(["q"], [text], solution=["42"])
-            assert time.perf_counter() - t < 0.5, (fn.__name__, text[:20])
-        t = time.perf_counter()
-        accuracy(["q"], [text], solution=["42"])
-        extract_answer_lenient(text)
-        assert time.perf_counter() - t < 1.0, text[:20]
+            assert best_of_3(fn, ["q"], [text], solution=["42"]) < 0.5, (fn.__name__, text[:20])
+        assert best_of_3(answer_checks, text) < 1.0, text[:20]
     assert format_reward(["q"], [long_good]) == [1.0]
     assert accuracy(["q"], [long_good], solution=["42"]) == [1.0]
 
