@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from r1kit.config import field
 from r1kit.data.datasets import DataError, load_dataset_rows
 from r1kit.data.templates import render_prompt
 from r1kit.eval.runner import evaluate
+from r1kit.utils.io import finite_or_none
 
 log = logging.getLogger("r1kit.eval")
 
@@ -117,7 +117,7 @@ def run_eval(cfg: EvalConfig) -> Path:
         "num_samples": len(res.samples), "warnings": warnings,
     })
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(_finite(summary), indent=1) + "\n")
+    (out / "results.json").write_text(json.dumps(finite_or_none(summary), indent=1) + "\n")
     with open(out / "samples.jsonl", "w") as f:
         for s in res.samples:
             row = rows[s["problem"]]
@@ -215,13 +215,3 @@ def _is_number(s) -> bool:
     except ValueError:
         return False
 
-
-def _finite(obj):
-    """NaN/inf -> None so results.json is strict JSON."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    return obj

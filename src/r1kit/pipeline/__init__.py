@@ -39,7 +39,6 @@ import dataclasses
 import fcntl
 import json
 import logging
-import math
 import shutil
 import time
 from pathlib import Path
@@ -49,6 +48,7 @@ from r1kit.pipeline.config import PipelineConfig, StudentConfig
 from r1kit.pipeline.manifest import (digest_of, hash_files, json_sha256, model_digest, normalize_paths,
                                      outputs_intact, read_manifest, write_manifest)
 from r1kit.pipeline.stages import BY_NAME, STAGE_NAMES, STAGES, Ctx, Stage, eval_defaults
+from r1kit.utils.io import finite_or_none, write_text_atomic
 
 __all__ = ["PipelineConfig", "StudentConfig", "run_pipeline", "build_configs", "plan_stages", "STAGE_NAMES"]
 
@@ -192,7 +192,7 @@ def _run_stage(stage: Stage, scfg, ctx: Ctx, digests: dict, base_digest: str | N
             raise
         outputs = hash_files(stage.outputs(sdir), sdir)
         out_digest = digest_of(outputs) if outputs else base_digest if stage.name == "base" else input_sha
-        m.update(status="done", outputs=outputs, output_sha256=out_digest, metrics=_finite(metrics),
+        m.update(status="done", outputs=outputs, output_sha256=out_digest, metrics=finite_or_none(metrics),
                  wall_s=round(time.perf_counter() - t0, 2), finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
         write_manifest(sdir, m)
     digests[stage.name] = m["output_sha256"]
@@ -235,10 +235,8 @@ def _write_summary(cfg: PipelineConfig, out: Path, records: list[dict], wall: fl
                "planned": [s.name for s in plan], "wall_s": round(wall, 2),
                "ran": sum(r["status"] == "ran" for r in records),
                "skipped": sum(r["status"] == "skipped" for r in records)}
-    summary = _finite(summary)
-    tmp = out / ".pipeline.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=1, default=str) + "\n")
-    tmp.replace(out / "pipeline.json")
+    summary = finite_or_none(summary)
+    write_text_atomic(out / "pipeline.json", json.dumps(summary, indent=1, default=str) + "\n")
     if not report:
         return
     try:
@@ -246,12 +244,3 @@ def _write_summary(cfg: PipelineConfig, out: Path, records: list[dict], wall: fl
     except Exception as e:  # noqa: BLE001 - a plotting problem must not lose the run's results
         log.warning("pipeline: report.html not written: %r", e)
 
-
-def _finite(obj):
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj

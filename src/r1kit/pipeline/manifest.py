@@ -17,6 +17,8 @@ import json
 import os
 from pathlib import Path
 
+from r1kit.utils.io import write_text_atomic
+
 MANIFEST = "manifest.json"
 # files of a model folder that are not part of the model (logs, paths) and never hashed
 _NOT_MODEL = {"metrics.jsonl", "r1kit_config.json"}
@@ -86,9 +88,7 @@ def read_manifest(stage_dir: Path) -> dict | None:
 
 def write_manifest(stage_dir: Path, manifest: dict) -> None:
     stage_dir.mkdir(parents=True, exist_ok=True)
-    tmp = stage_dir / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1, default=str) + "\n")
-    tmp.replace(stage_dir / MANIFEST)
+    write_text_atomic(stage_dir / MANIFEST, json.dumps(manifest, indent=1, default=str) + "\n")
 
 
 def outputs_intact(stage_dir: Path, outputs: dict[str, dict]) -> bool:

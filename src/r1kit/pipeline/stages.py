@@ -17,7 +17,8 @@ from typing import Callable
 
 from r1kit.pipeline.config import PipelineConfig, StudentConfig, build_student
 from r1kit.tiny_world.cold_start import (ColdStartDataConfig, NonReasoningDataConfig, cold_start_rows,
-                                         non_reasoning_rows, write_jsonl)
+                                         non_reasoning_rows)
+from r1kit.utils.io import write_jsonl
 
 
 @dataclass

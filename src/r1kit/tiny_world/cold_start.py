@@ -17,11 +17,9 @@ Both return `prompt`/`completion` rows that `r1kit sft` reads (with `template: r
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 from r1kit.config import field
 
@@ -177,14 +175,3 @@ def non_reasoning_rows(cfg: NonReasoningDataConfig) -> list[dict]:
         seen.add((prompt, reply))
         rows.append({"prompt": prompt, "completion": f"<think> </think> <answer> {reply} </answer>", "kind": kind})
     return rows
-
-
-def write_jsonl(path: str | Path, rows: list[dict]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
-    return path

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from r1kit.utils.io import fsync_dir, write_text_atomic
+
 log = logging.getLogger("r1kit.checkpoint")
 
 STATE_FILE = "trainer_state.json"
@@ -39,25 +41,7 @@ def _fsync_tree(path: Path) -> None:
         if p.is_file():
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
-    _fsync_dir(path)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path)
 
 
 def rng_state() -> dict:
@@ -116,8 +100,8 @@ def save_checkpoint(output_dir: str | Path, step: int, *, model, tokenizer, opti
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(tmp, final)
-    _fsync_dir(root)
-    _atomic_write_text(root / POINTER, final.name + "\n")
+    fsync_dir(root)
+    write_text_atomic(root / POINTER, final.name + "\n", fsync=True, tmp_suffix=f".tmp-{os.getpid()}")
     if save_total_limit is not None:
         for n, path in list_checkpoints(root)[:-save_total_limit]:
             if path != final:  # renamed first, so a kill mid-delete never leaves a half checkpoint-N

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from r1kit.config import field, to_dict
+from r1kit.utils.io import write_jsonl
 
 log = logging.getLogger("r1kit.sample")
 
@@ -362,7 +363,7 @@ def run_sample(cfg: SampleConfig, engine=None) -> Path:
 def write_outputs(out: Path, kept: list[dict], rejected: list[dict], stats: dict, cfg: SampleConfig) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if "jsonl" in cfg.output_format:
-        _write_jsonl(out / "samples.jsonl", kept)
+        write_jsonl(out / "samples.jsonl", kept)
     if "parquet" in cfg.output_format:
         from datasets import Dataset
 
@@ -370,13 +371,6 @@ def write_outputs(out: Path, kept: list[dict], rejected: list[dict], stats: dict
         (Dataset.from_list(kept) if kept else Dataset.from_dict({"prompt": [], "completion": []})).to_parquet(str(tmp))
         tmp.replace(out / "samples.parquet")
     if cfg.write_rejected:
-        _write_jsonl(out / "rejected.jsonl", rejected)
+        write_jsonl(out / "rejected.jsonl", rejected)
     (out / "stats.json").write_text(json.dumps(stats, indent=1, default=str) + "\n")
 
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-    tmp.replace(path)

@@ -11,13 +11,9 @@ import json
 import math
 from pathlib import Path
 
+from r1kit.utils.io import finite_or_none
+
 KNOWN_TRACKERS = ("none", "tensorboard", "wandb", "trackio")
-
-
-def _clean(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None  # JSON has no NaN; a missing value is null
-    return value
 
 
 class Tracker:
@@ -68,7 +64,7 @@ class Tracker:
     def log(self, step: int, metrics: dict) -> None:
         if not self.enabled:
             return
-        row = {"step": step, **{k: _clean(v) for k, v in metrics.items()}}
+        row = {"step": step, **{k: finite_or_none(v) for k, v in metrics.items()}}
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(row) + "\n")
         for name, backend in self.backends:
@@ -85,7 +81,7 @@ class Tracker:
         path = self.dir / "completions" / f"step-{step:06d}.jsonl"
         with open(path, "w") as f:
             for row in rows:
-                f.write(json.dumps({k: _clean(v) for k, v in row.items()}, default=str) + "\n")
+                f.write(json.dumps({k: finite_or_none(v) for k, v in row.items()}, default=str) + "\n")
 
     def close(self) -> None:
         for name, backend in self.backends:
