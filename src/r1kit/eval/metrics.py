@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import random
-import re
 from collections import Counter
 
-# Phrases of re-evaluation, the R1-Zero "aha moment" behaviour (paper §2.2.4), matched case-insensitively.
-REFLECTION_PHRASES = ("wait", "let me check", "let me verify", "double-check", "double check", "re-check",
-                      "recheck", "let me re-", "verify:", "check:", "проверим", "проверка")
-_REFLECTION_RE = re.compile("|".join(re.escape(p) for p in REFLECTION_PHRASES), re.IGNORECASE)
+# the reflection metric is a text metric of the rewards layer (next to the language-mixing rate)
+from r1kit.rewards.reflection import REFLECTION_PHRASES, has_reflection, reflection_rate
+
+__all__ = ["REFLECTION_PHRASES", "bootstrap_ci", "has_reflection", "majority_vote", "pass_at_k", "reflection_rate"]
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -47,12 +46,3 @@ def bootstrap_ci(per_problem: list[float], iters: int = 1000, alpha: float = 0.0
     n = len(per_problem)
     means = sorted(sum(per_problem[rng.randrange(n)] for _ in range(n)) / n for _ in range(iters))
     return [means[int(alpha / 2 * iters)], means[min(iters - 1, int((1 - alpha / 2) * iters))]]
-
-
-def has_reflection(text: str) -> bool:
-    return _REFLECTION_RE.search(text) is not None
-
-
-def reflection_rate(texts: list[str]) -> float:
-    """Fraction of responses with at least one re-evaluation phrase ("wait", "let me check", ...)."""
-    return sum(has_reflection(t) for t in texts) / len(texts) if texts else 0.0

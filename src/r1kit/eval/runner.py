@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-from r1kit.eval.metrics import bootstrap_ci, has_reflection, majority_vote, pass_at_k
+from r1kit.eval.metrics import bootstrap_ci, majority_vote, pass_at_k
+from r1kit.rewards.reflection import has_reflection
 from r1kit.rollout import SamplingParams
 
 

@@ -1,7 +1,8 @@
 """Rule-based rewards with TRL's signature: ``fn(prompts, completions, **columns) -> list[float | None]``.
 
 ``None`` means "cannot score this row" (excluded from the weighted total), not 0. Built-ins
-(registry names): ``accuracy``, ``format``, ``tag_count``, ``soft_overlong``, ``language``.
+(registry names): ``accuracy``, ``format``, ``tag_count``, ``soft_overlong``, ``language``. Text metrics:
+``language_mixing_rate``, ``reflection_rate``.
 Use ``get_reward(name_or_import_path)`` and ``score_completions(...)``.
 
 Attributes are loaded lazily (PEP 562) so that a reward worker process, or a user who only needs
@@ -21,6 +22,7 @@ _EXPORTS = {
     "make_format_reward": "format", "make_tag_count": "format", "overlong_penalty": "format",
     "language_reward": "language", "make_language_reward": "language",
     "language_mixing_rate": "language", "language_share": "language",
+    "reflection_rate": "reflection", "has_reflection": "reflection",
     "RewardBatch": "runner", "score_completions": "runner", "reward_metrics": "runner",
 }
 

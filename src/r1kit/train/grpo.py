@@ -28,7 +28,7 @@ from r1kit.algo import group_advantages, loss_normalizer, masked_mean, policy_lo
 from r1kit.config import to_dict
 from r1kit.data.datasets import DataError, load_dataset_rows
 from r1kit.data.templates import is_conversation, render_prompt
-from r1kit.eval.metrics import reflection_rate
+from r1kit.rewards.reflection import reflection_rate
 from r1kit.models.loading import enable_activation_checkpointing, load_model_and_tokenizer, save_model
 from r1kit.rewards import get_reward, language_mixing_rate, reward_metrics, score_completions
 from r1kit.rollout import RolloutError, SamplingParams, make_engine
