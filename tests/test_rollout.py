@@ -258,3 +258,64 @@ def test_peft_lora_model_uses_adapters(tok, prompts):
     with model.disable_adapter():
         base = make_engine("hf", model, tok, backend="fast").generate(prompts, params)
     assert [c.completion_ids for c in base] != [c.completion_ids for c in fast]
+
+
+# -- more architectures: qwen3 (per-head q/k norms) and mistral (a config-level sliding window) -------
+
+def _arch_model(tok, arch, seed=0, **cfg):
+    """A tiny random qwen3 / mistral model, built from its config (no download); GQA, head_dim 16."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model(arch, vocab_size=len(tok), hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=True,
+                                  eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None, **cfg)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config)
+    model.generation_config.eos_token_id = tok.eos_token_id
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # non-trivial q/k norm weights, so applying them (or not) shows
+        for name, p in model.named_parameters():
+            if "q_norm" in name or "k_norm" in name:
+                p.copy_(1 + 0.3 * torch.randn(p.shape, generator=g))
+    return _sharpen(model, seed=seed).eval()
+
+
+@pytest.mark.parametrize("arch,cfg", [("qwen3", {}), ("mistral", {"sliding_window": None}),
+                                      ("mistral", {"sliding_window": 4096})])  # a window wider than the run
+def test_fast_decoder_qwen3_mistral_match_full_forward_and_generate(tok, prompts, arch, cfg):
+    from r1kit.rollout.fast_decoder import FastDecoder
+
+    model = _arch_model(tok, arch, **cfg)
+    assert FastDecoder.supports(model, max_len=64)  # the fast decoder runs them (qwen3 with its q/k norms)
+    greedy = make_engine("hf", model, tok, backend="fast").generate(prompts, SamplingParams(max_new_tokens=16, temperature=0))
+    assert [c.completion_ids for c in greedy] == _reference_greedy(model, tok, prompts, 16)
+    handle = _eos_bias(model, tok, 3.0)
+    try:
+        out = make_engine("hf", model, tok, backend="fast", compact_frac=0.1).generate(
+            prompts, SamplingParams(n=3, max_new_tokens=14, temperature=0.8, top_p=0.95, seed=4))
+        assert {c.finish_reason for c in out} == {"eos", "length"}  # compaction of the shared-prompt cache
+        for c in out:
+            ref = _full_forward_logprobs(model, c, 0.8)
+            assert torch.allclose(torch.tensor(c.logprobs), ref, atol=1e-5, rtol=0), (c.logprobs, ref)
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("arch,cfg", [("mistral", {"sliding_window": 4}),  # the window lives on the config
+                                      ("qwen3", {"use_sliding_window": True, "sliding_window": 4, "max_window_layers": 1})])
+def test_narrow_sliding_window_falls_back_and_matches_full_forward(tok, prompts, arch, cfg):
+    from r1kit.rollout.fast_decoder import FastDecoder
+    from r1kit.rollout.hf_decoder import HFDecoder
+
+    model = _arch_model(tok, arch, **cfg)
+    assert not FastDecoder.supports(model, max_len=20) and not FastDecoder.supports(model)
+    assert FastDecoder.supports(_arch_model(tok, arch, **{**cfg, "sliding_window": 20}), max_len=20)  # covers the run
+    eng = make_engine("hf", model, tok)
+    assert eng._decoder_cls(20) is HFDecoder
+    out = eng.generate(prompts, SamplingParams(n=2, max_new_tokens=12, temperature=1.0, seed=6))
+    for c in out:  # the window matters here: full-forward log-probs are only matched when it is applied
+        ref = _full_forward_logprobs(model, c, 1.0)
+        assert torch.allclose(torch.tensor(c.logprobs), ref, atol=1e-5, rtol=0), (c.logprobs, ref)
+    with pytest.raises(ValueError, match="backend='fast'"):
+        make_engine("hf", model, tok, backend="fast").generate(prompts, SamplingParams(max_new_tokens=4))

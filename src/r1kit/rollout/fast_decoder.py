@@ -1,0 +1,202 @@
+"""The fast decoder: a Llama-family model run by hand with a shared-prefix static KV cache.
+
+It runs the model's own submodules (embedding, norms, q/k/v/o projections, optional q/k norms,
+MLP, rotary embedding, lm_head) with a preallocated KV cache written in place: one prompt part per
+unique prompt, one completion part per row. No per-step mask building, no cache concatenation, no
+allocation of the growing cache, and the prompt's keys/values are read once per prompt per step,
+not once per sample. Because it calls the modules (not copies of the weights) it always sees the
+current weights and works with wrapped projections (e.g. LoRA).
+
+It depends on transformers internals (module and attribute names), so `FastDecoder.supports` checks
+every one of them and the engine falls back to `HFDecoder` for anything else.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# The architectures the fast decoder runs, and where each one's attention reads a sliding window:
+# "layer" (attn.sliding_window, per layer type), "config" (config.sliding_window, every layer) or
+# None (no sliding windows). A window that covers the whole run (prompt + new tokens) masks
+# nothing, so the plain causal attention here is exact; a narrower one needs the fallback.
+SUPPORTED_ARCHITECTURES = {"llama": None, "qwen2": "layer", "qwen3": "layer", "mistral": "config"}
+
+# norms whose forward is exactly F.rms_norm(x, weight, variance_epsilon) in fp32
+_PLAIN_RMSNORMS = {"LlamaRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "MistralRMSNorm"}
+
+
+def unwrap(model):
+    """A peft model -> its transformers model; the LoRA layers stay inside, so calling the modules
+    still applies the adapters."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def _sliding_window(cfg, attn):
+    where = SUPPORTED_ARCHITECTURES[cfg.model_type]
+    if where == "layer":
+        return getattr(attn, "sliding_window", None)
+    return getattr(cfg, "sliding_window", None) if where == "config" else None
+
+
+class FastDecoder:
+    """Hand-run Llama-family decoder with a shared-prefix static KV cache.
+
+    The cache has two parts: the prompts' keys/values, stored ONCE per unique prompt
+    (`kv_p` [L, 2, N, KV, P, D], left-padded; pad columns carry -inf in `bias_p` [N, P]), and the
+    completions' keys/values (`kv_d` [L, 2, B, KV, M, D], written in place at column s of decode
+    step s). Row r of the batch (a completion) belongs to prompt `grp[r]` as its `slot[r]`-th sample.
+
+    A decode step's attention (`_attend_shared`) scores each row's query against its prompt's keys
+    as one matmul per prompt (the prompt's n samples' queries stacked: [n * G, D] x [D, P]) and
+    against its own completion keys, then takes one softmax over both parts. So the prompt cache is
+    read once per prompt instead of once per sample: with R1 prompts of a few hundred tokens and n = 8
+    samples that is most of the memory traffic of attention, and the prompt is never copied n times.
+    Finished rows leave the batch ("compaction"): only `kv_d`, `grp` and `slot` shrink."""
+
+    @staticmethod
+    def supports(model, max_len: int | None = None) -> bool:
+        """Whether this decoder runs `model` exactly, for runs of up to `max_len` tokens (prompt +
+        new tokens; None: any length, so no sliding window at all)."""
+        model = unwrap(model)
+        cfg, inner = model.config, getattr(model, "model", None)
+        if cfg.model_type not in SUPPORTED_ARCHITECTURES or inner is None:
+            return False
+        if not all(hasattr(inner, a) for a in ("embed_tokens", "layers", "norm", "rotary_emb")):
+            return False
+        if getattr(model, "lm_head", None) is None or getattr(cfg, "pretraining_tp", 1) > 1:
+            return False
+        for layer in inner.layers:
+            attn = layer.self_attn
+            window = _sliding_window(cfg, attn)
+            if window is not None and (max_len is None or window < max_len):
+                return False
+            if not all(hasattr(attn, a) for a in ("q_proj", "k_proj", "v_proj", "o_proj", "scaling")):
+                return False
+            if not all(hasattr(layer, a) for a in ("input_layernorm", "post_attention_layernorm", "mlp")):
+                return False
+        return True
+
+    def __init__(self, model, prompts: int, prompt_len: int, new_tokens: int):
+        model = unwrap(model)
+        self.model, self.inner = model, model.model
+        cfg = model.config
+        self.n_heads = cfg.num_attention_heads
+        self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
+        p = next(model.parameters())
+        self.device, self.dtype = p.device, p.dtype
+        self.P, self.M = prompt_len, new_tokens
+        self.layers = len(self.inner.layers)
+        self.kv_p = torch.zeros(self.layers, 2, prompts, self.n_kv, prompt_len, self.head_dim, device=p.device, dtype=p.dtype)
+        self.bias_p = torch.zeros(prompts, prompt_len, device=p.device, dtype=p.dtype)  # 0 / -inf per key column
+        # set by repeat(), once the samples per prompt are known: n, the completion cache, and each
+        # row's prompt (grp) and sample index within it (slot)
+        self.n = self.kv_d = self.grp = self.slot = None
+        # rotary tables for every position, computed once by the model's own rotary module; the
+        # rotate-half sign is folded into sin and the attention scale into q's tables, so applying
+        # RoPE is mul + roll + addcmul and the scores need no extra scaling
+        dummy = torch.zeros(1, device=p.device, dtype=p.dtype)
+        cos, sin = self.inner.rotary_emb(dummy, torch.arange(prompt_len + new_tokens, device=p.device)[None])
+        cos, sin, half = cos[0], sin[0], self.head_dim // 2
+        sin = torch.cat((-sin[:, :half], sin[:, half:]), dim=-1)
+        scale = self.inner.layers[0].self_attn.scaling
+        self.scale_folded = all(layer.self_attn.scaling == scale for layer in self.inner.layers)
+        qs = scale if self.scale_folded else 1.0
+        self.rope_tab = torch.stack((cos * qs, sin * qs, cos, sin), dim=1)  # [P + M, 4, D]
+        norms = [m for layer in self.inner.layers for m in (layer.input_layernorm, layer.post_attention_layernorm)]
+        self.fused_norm = p.dtype == torch.float32 and all(
+            type(m).__name__ in _PLAIN_RMSNORMS and hasattr(m, "variance_epsilon") for m in norms + [self.inner.norm]
+        )
+
+    def _norm(self, mod, x):
+        if self.fused_norm:  # one kernel instead of seven; same formula as the module in fp32
+            return F.rms_norm(x, (x.shape[-1],), mod.weight, mod.variance_epsilon)
+        return mod(x)
+
+    @staticmethod
+    def _rope(x, cos, sin):  # x*cos + rotate_half(x)*sin, with rotate_half's sign already in `sin`
+        return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), sin)
+
+    def _attend_shared(self, q, kp, vp, kd, vd):
+        """One pre-scaled query per row against its prompt's cache and its own completion cache.
+
+        q [B, H, 1, D]; kp, vp [N, KV, P, D] (shared per prompt); kd, vd [B, KV, s, D]. Grouped-query
+        heads are folded into the query axis (head h reads kv head h // G, as in transformers), so no
+        K/V expansion is materialised. Returns [B, H, 1, D]."""
+        B, H, _, D = q.shape
+        N, KV, P, _ = kp.shape
+        G, n = H // KV, self.n
+        grp, slot = self.grp, self.slot
+        qr = q.reshape(B, KV, G, D)  # [B, KV, G, D]
+        qg = q.new_zeros(N, n, KV, G, D)  # queries stacked per prompt; empty slots stay 0
+        qg[grp, slot] = qr  # [N, n, KV, G, D]
+        qg = qg.permute(0, 2, 1, 3, 4).reshape(N, KV, n * G, D)  # [N, KV, n*G, D]
+        s_p = torch.matmul(qg, kp.transpose(-1, -2)).add_(self.bias_p[:, None, None])  # [N, KV, n*G, P]
+        s_p = s_p.view(N, KV, n, G, P)[grp, :, slot]  # [B, KV, G, P]  (this row's slot of its prompt)
+        s_d = torch.matmul(qr, kd.transpose(-1, -2))  # [B, KV, G, s]
+        probs = torch.softmax(torch.cat((s_p, s_d), dim=-1), dim=-1)  # [B, KV, G, P + s]
+        p_p, p_d = probs.split((P, kd.shape[2]), dim=-1)  # [B, KV, G, P], [B, KV, G, s]
+        pg = probs.new_zeros(N, n, KV, G, P)
+        pg[grp, slot] = p_p  # [N, n, KV, G, P]
+        pg = pg.permute(0, 2, 1, 3, 4).reshape(N, KV, n * G, P)  # [N, KV, n*G, P]
+        o_p = torch.matmul(pg, vp).view(N, KV, n, G, D)[grp, :, slot]  # [B, KV, G, D]
+        o = torch.matmul(p_d, vd).add_(o_p)  # [B, KV, G, D]
+        return o.reshape(B, H, 1, D)
+
+    def _forward(self, ids, pos, s: int | None, mask=None):
+        """Prefill (s None): ids/pos [N, P] -> prompt cache, with `mask` [N, 1, P, P] (True = attend).
+        Decode step s: ids/pos [B, 1] -> completion cache column s. Returns the last logits [rows, V]."""
+        B, T = ids.shape
+        H, KV, D = self.n_heads, self.n_kv, self.head_dim
+        x = self.inner.embed_tokens(ids)  # [B, T, hidden]
+        cq, sq, ck, sk = self.rope_tab[pos].unsqueeze(1).unbind(3)  # each [B, 1, T, D]
+        for li, layer in enumerate(self.inner.layers):
+            attn = layer.self_attn
+            h = self._norm(layer.input_layernorm, x)
+            q = attn.q_proj(h).view(B, T, H, D)
+            k = attn.k_proj(h).view(B, T, KV, D)
+            v = attn.v_proj(h).view(B, T, KV, D).transpose(1, 2)  # [B, KV, T, D]
+            if getattr(attn, "q_norm", None) is not None:  # qwen3-style per-head norms
+                q, k = attn.q_norm(q), attn.k_norm(k)
+            q = self._rope(q.transpose(1, 2), cq, sq)  # [B, H, T, D]
+            k = self._rope(k.transpose(1, 2), ck, sk)  # [B, KV, T, D]
+            if not self.scale_folded:
+                q = q * attn.scaling
+            if s is None:
+                kc, vc = self.kv_p[li, 0], self.kv_p[li, 1]  # [N, KV, P, D]
+                kc.copy_(k)
+                vc.copy_(v)
+                o = F.scaled_dot_product_attention(q, kc, vc, attn_mask=mask, scale=1.0, enable_gqa=KV != H)
+            else:
+                kd, vd = self.kv_d[li, 0], self.kv_d[li, 1]  # [B, KV, M, D]
+                kd[:, :, s : s + 1] = k
+                vd[:, :, s : s + 1] = v
+                o = self._attend_shared(q, self.kv_p[li, 0], self.kv_p[li, 1], kd[:, :, : s + 1], vd[:, :, : s + 1])
+            x = x + attn.o_proj(o.transpose(1, 2).reshape(B, T, H * D))
+            x = x + layer.mlp(self._norm(layer.post_attention_layernorm, x))
+        return self.model.lm_head(self._norm(self.inner.norm, x[:, -1])).float()  # [B, V]
+
+    def prefill(self, ids, am, pos):
+        T = ids.shape[1]
+        self.bias_p.masked_fill_(~am, float("-inf"))
+        causal = torch.ones(T, T, dtype=torch.bool, device=ids.device).tril()
+        mask = causal & am[:, None, :]
+        mask |= torch.eye(T, dtype=torch.bool, device=ids.device)  # pad queries see themselves: no NaN rows
+        return self._forward(ids, pos, None, mask[:, None])
+
+    def repeat(self, n: int):
+        """n samples per prompt: rows grouped by prompt (prompt 0's n samples first)."""
+        N = self.kv_p.shape[2]
+        self.n = n
+        self.grp = torch.arange(N, device=self.device).repeat_interleave(n)  # [B]
+        self.slot = torch.arange(n, device=self.device).repeat(N)  # [B]
+        self.kv_d = torch.zeros(self.layers, 2, N * n, self.n_kv, self.M, self.head_dim, device=self.device, dtype=self.dtype)
+
+    def select(self, idx):
+        self.kv_d = self.kv_d.index_select(2, idx)
+        self.grp, self.slot = self.grp.index_select(0, idx), self.slot.index_select(0, idx)
+
+    def step(self, tok, pos, col: int):
+        return self._forward(tok[:, None], pos[:, None], col - self.P)
