@@ -148,8 +148,10 @@ def run_r1kit(args, W, folder: Path, out_dir: Path, timer: PhaseTimer):
 
     grpo.make_engine = make_engine
     grpo.completion_logps = timer.wrap(grpo.completion_logps, "logp_fwd")
-    grpo.save_checkpoint = lambda *a, **k: None  # TRL side saves nothing either
-    grpo.save_model = lambda *a, **k: None
+    import r1kit.train.skeleton as skeleton
+
+    skeleton.save_checkpoint = lambda *a, **k: None  # TRL side saves nothing either
+    skeleton.save_model = lambda *a, **k: None
     torch.Tensor.backward = timer.wrap(torch.Tensor.backward, "backward")
 
     cfg = GRPOConfig(
@@ -163,12 +165,12 @@ def run_r1kit(args, W, folder: Path, out_dir: Path, timer: PhaseTimer):
         max_reward_failure_fraction=None, max_prompt_length=4096,
         gradient_checkpointing=args.gc in ("r1kit", "both"),
     )
-    class Tracker(grpo.Tracker):  # logs every step (logging_steps=1): close the step's phase record
+    class Tracker(skeleton.Tracker):  # logs every step (logging_steps=1): close the step's phase record
         def log(self, step, metrics):
             timer.end_step(metrics["timing_s/step"])
             return super().log(step, metrics)
 
-    grpo.Tracker = Tracker
+    skeleton.Tracker = Tracker
     grpo.train(cfg)
     metrics = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return [{"reward": m.get("reward"), "mean_length": m.get("completions/mean_length"),

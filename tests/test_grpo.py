@@ -80,18 +80,18 @@ class Crash(Exception):
 def test_resume_equals_straight_run(tmp_path, monkeypatch):
     """4 steps straight == 4 steps killed right after checkpoint 2, then resumed (same config)."""
     straight = train(tiny_cfg(tmp_path, "straight", max_steps=4, save_steps=2))
-    import r1kit.train.grpo as grpo
+    import r1kit.train.skeleton as skeleton
 
-    real_save = grpo.save_checkpoint
+    real_save = skeleton.save_checkpoint
 
     def save_then_crash(*args, **kw):
         path = real_save(*args, **kw)
         raise Crash(path)
 
-    monkeypatch.setattr(grpo, "save_checkpoint", save_then_crash)
+    monkeypatch.setattr(skeleton, "save_checkpoint", save_then_crash)
     with pytest.raises(Crash):
         train(tiny_cfg(tmp_path, "resumed", max_steps=4, save_steps=2))
-    monkeypatch.setattr(grpo, "save_checkpoint", real_save)
+    monkeypatch.setattr(skeleton, "save_checkpoint", real_save)
     resumed = train(tiny_cfg(tmp_path, "resumed", max_steps=4, save_steps=2, resume_from_checkpoint="true"))
 
     def clean(rows):

@@ -146,17 +146,17 @@ class Crash(Exception):
 def test_resume_equals_straight_run(tmp_path, monkeypatch):
     data = write_jsonl(tmp_path / "train.jsonl", pc_rows(20))
     straight = train(sft_cfg(tmp_path, data, "straight", max_steps=6, save_steps=3))
-    import r1kit.train.sft as sft
+    import r1kit.train.skeleton as skeleton
 
-    real_save = sft.save_checkpoint
+    real_save = skeleton.save_checkpoint
 
     def save_then_crash(*args, **kw):
         raise Crash(real_save(*args, **kw))
 
-    monkeypatch.setattr(sft, "save_checkpoint", save_then_crash)
+    monkeypatch.setattr(skeleton, "save_checkpoint", save_then_crash)
     with pytest.raises(Crash):
         train(sft_cfg(tmp_path, data, "resumed", max_steps=6, save_steps=3))
-    monkeypatch.setattr(sft, "save_checkpoint", real_save)
+    monkeypatch.setattr(skeleton, "save_checkpoint", real_save)
     resumed = train(sft_cfg(tmp_path, data, "resumed", max_steps=6, save_steps=3, resume_from_checkpoint="true"))
 
     def clean(rows):

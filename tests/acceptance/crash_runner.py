@@ -29,6 +29,7 @@ import torch
 
 import r1kit.train.checkpoint as ck
 import r1kit.train.grpo as grpo
+import r1kit.train.skeleton as skeleton
 from r1kit.train.grpo_config import GRPOConfig
 
 
@@ -57,7 +58,7 @@ def install_stall(out: str, phase: str, stall_step: int) -> None:
     def note_step(root, step, **kw):
         saving["step"] = step
 
-    wrap(grpo, "save_checkpoint", before=note_step)
+    wrap(skeleton, "save_checkpoint", before=note_step)
     if phase == "write":
         wrap(ck, "rng_state", before=lambda: stall())
     elif phase == "rename":

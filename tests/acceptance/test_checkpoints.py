@@ -185,7 +185,7 @@ class Crash(Exception):
 
 def crash_after_saving(monkeypatch, step: int) -> None:
     """The loop dies (in-process) right after checkpoint-`step` is written."""
-    import r1kit.train.grpo as grpo
+    import r1kit.train.skeleton as skeleton
     from r1kit.train.checkpoint import save_checkpoint
 
     def save_then_crash(root, n, **kw):
@@ -194,7 +194,7 @@ def crash_after_saving(monkeypatch, step: int) -> None:
             raise Crash(path)
         return path
 
-    monkeypatch.setattr(grpo, "save_checkpoint", save_then_crash)
+    monkeypatch.setattr(skeleton, "save_checkpoint", save_then_crash)
 
 
 def test_resume_twice_keeps_last_n(tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from r1kit.config import field
+from r1kit.utils.dist import STRATEGIES
 
 
 def need(cfg, cond: bool, name: str, msg: str) -> None:
@@ -56,6 +57,8 @@ class TrainingArgs:
     gradient_checkpointing: bool = field(False, help="Recompute each decoder layer's activations in backward instead "
                                                      "of storing them: much less memory for about one extra forward.")
     seed: int = field(42, help="Seed for data order, sampling and initialisation.")
+    distributed_strategy: str = field("auto", help="Multi-process data parallel: ddp, fsdp2, or auto (fsdp2 when "
+                                                   "accelerate launch says FSDP/ZeRO-2/3, else ddp).")
 
     # ---- outputs ----
     output_dir: str = field("outputs/run", help="Where metrics, checkpoints and the final model go.")
@@ -76,6 +79,7 @@ class TrainingArgs:
         need(self, self.logging_steps >= 1, "logging_steps", "must be >= 1")
         need(self, self.save_steps >= 0, "save_steps", "must be >= 0")
         need(self, self.save_total_limit is None or self.save_total_limit >= 1, "save_total_limit", "must be >= 1")
+        need(self, self.distributed_strategy in STRATEGIES, "distributed_strategy", f"must be one of {list(STRATEGIES)}")
 
     @property
     def batch_size(self) -> int:

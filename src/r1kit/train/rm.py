@@ -16,7 +16,6 @@ metrics.jsonl, atomic checkpoints, exact resume, a final save_pretrained folder 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import random
@@ -25,18 +24,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from r1kit.config import to_dict
 from r1kit.data.datasets import DataError
-from r1kit.models.loading import TINY_PREFIX, enable_activation_checkpointing, load_model_and_tokenizer, save_model
+from r1kit.models.loading import TINY_PREFIX, load_model_and_tokenizer, save_model
 from r1kit.rewards.reward_model import (META_FILE, load_reward_model, prepare_reward_tokenizer, resolve_template,
                                         rm_text, segment_text)
-from r1kit.train.optim import apply_update, make_optimizer
-from r1kit.train.checkpoint import check_resume, find_checkpoint, load_checkpoint, save_checkpoint
 from r1kit.train.rm_config import RMConfig
-from r1kit.train.sampler import PromptSampler
-from r1kit.train.tracking import Tracker
+from r1kit.train.skeleton import TrainRun
 
 log = logging.getLogger("r1kit.rm")
 
@@ -46,84 +40,51 @@ DEFAULT_PAIRS = 2000
 
 def train(cfg: RMConfig) -> Path:
     """Train a reward model as `cfg` says; returns the output folder holding it."""
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
-    out = Path(cfg.output_dir)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, tokenizer = load_backbone(cfg.model_name_or_path, cfg.dtype, device)
+    run = TrainRun(cfg, "rm", also_resumable=frozenset({"eval_steps"}))
+    model, tokenizer = load_backbone(cfg.model_name_or_path, cfg.dtype, str(run.device))
     prepare_reward_tokenizer(model, tokenizer, cfg.max_length)
-    model.train()
-    if cfg.gradient_checkpointing:
-        enable_activation_checkpointing(model)
+    model = run.prepare_model(model)
     template = resolve_template(cfg.template, tokenizer)
     data = prepare_pairs(cfg, tokenizer, template)
     train_set, eval_set = data["train"], data["eval"]
-
+    world = run.rt.world_size
+    if len(train_set) < world:
+        raise DataError(f"{cfg.dataset_name}: {len(train_set)} training pairs, fewer than the {world} processes")
+    pairs_per_step = cfg.batch_size * world
     total_steps = cfg.max_steps if cfg.max_steps > 0 else max(
-        1, math.ceil(cfg.num_train_epochs * len(train_set) / cfg.batch_size))
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer, scheduler = make_optimizer(params, cfg, total_steps)
-    sampler = PromptSampler(len(train_set), cfg.seed)
-    state = {"step": 0, "num_tokens": 0, "skipped_steps": 0}
-    if cfg.resume_from_checkpoint:
-        ckpt = find_checkpoint(cfg.resume_from_checkpoint, out)
-        state = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler)
-        check_resume(state, to_dict(cfg), data["fingerprint"], ckpt, "preference pairs (or their tokenization)",
-                     frozenset({"eval_steps"}))
-        sampler.load_state_dict(state["sampler"])
-        log.info("resumed from %s at step %d", ckpt, state["step"])
-    tracker = Tracker(str(out), cfg.report_to, to_dict(cfg),
-                      resume_step=state["step"] if cfg.resume_from_checkpoint else None)
-    bar = tqdm(total=total_steps, initial=state["step"], disable=cfg.disable_tqdm, desc="rm", dynamic_ncols=True)
+        1, math.ceil(cfg.num_train_epochs * len(train_set) / pairs_per_step))
+    run.start(tokenizer, num_rows=len(train_set), total_steps=total_steps, fingerprint=data["fingerprint"],
+              data="preference pairs (or their tokenization)")
     log.info("rm: %d training pairs, %d held out, segment=%s, template=%s, %d steps", len(train_set),
              len(eval_set), cfg.segment, template, total_steps)
     pad = tokenizer.pad_token_id
 
-    for step in range(state["step"] + 1, total_steps + 1):
-        # ---- 1. this step's pairs; micro-batches of [chosen..., rejected...] --------------------
-        pairs = [train_set[i] for i in sampler.next(cfg.batch_size)]
-        mbs = cfg.per_device_train_batch_size
-        sums = {"loss": 0.0, "correct": 0.0, "margin": 0.0, "chosen": 0.0, "rejected": 0.0}
-        for s in range(0, len(pairs), mbs):
-            mb = pairs[s:s + mbs]
-            r_c, r_r = pair_rewards(model, mb, pad, device)  # [b], [b]
-            loss = bt_loss(r_c, r_r, cfg.center_rewards_coefficient) * len(mb) / len(pairs)
-            loss.backward()
-            accumulate(sums, loss.item(), r_c.detach(), r_r.detach())
-            state["num_tokens"] += sum(len(p[0]) + len(p[1]) for p in mb)
+    for step in run.steps():
+        # ---- 1. this rank's pairs of the step; loss and gradients per micro-batch ------------------
+        pairs = [train_set[i] for i in run.sampler.next(cfg.batch_size)]
+        sums = forward_backward(model, pairs, cfg, pad, run.device)
+        run.state.num_tokens += int(run.rt.sum(sum(len(p[0]) + len(p[1]) for p in pairs)))
 
-        # ---- 2. clip, AdamW, schedule ------------------------------------------------------------
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm).item()
-        if not apply_update(optimizer, scheduler, grad_norm, step):
-            state["skipped_steps"] += 1
+        # ---- 2. average over ranks, clip, AdamW, schedule ------------------------------------------
+        grad_norm = run.update(step)
 
-        # ---- 3. metrics, held-out evaluation, checkpoint -----------------------------------------
-        n = len(pairs)
-        metrics = {"loss": sums["loss"], "accuracy": sums["correct"] / n, "margin": sums["margin"] / n,
-                   "rewards/chosen": sums["chosen"] / n, "rewards/rejected": sums["rejected"] / n,
-                   "grad_norm": grad_norm, "learning_rate": scheduler.get_last_lr()[0],
-                   "num_tokens": state["num_tokens"], "epoch": step * cfg.batch_size / len(train_set),
-                   "skipped_steps": state["skipped_steps"]}
-        if eval_set and ((cfg.eval_steps and step % cfg.eval_steps == 0) or step == total_steps):
-            metrics.update({f"eval_{k}": v for k, v in evaluate(model, eval_set, pad, device, mbs).items()})
+        # ---- 3. metrics over all ranks, held-out evaluation, checkpoint ----------------------------
+        total = {k: run.rt.sum(v) for k, v in sums.items()}
+        n = pairs_per_step
+        metrics = {"loss": total["loss"] / world, "accuracy": total["correct"] / n, "margin": total["margin"] / n,
+                   "rewards/chosen": total["chosen"] / n, "rewards/rejected": total["rejected"] / n,
+                   "grad_norm": grad_norm, "learning_rate": run.learning_rate,
+                   "num_tokens": run.state.num_tokens, "epoch": step * pairs_per_step / len(train_set),
+                   "skipped_steps": run.state.skipped_steps}
+        evaluated = bool(eval_set) and ((cfg.eval_steps and step % cfg.eval_steps == 0) or step == total_steps)
+        if evaluated:  # every rank scores every held-out pair (fsdp2 forwards are collective)
+            held_out = evaluate(model, eval_set, pad, run.device, cfg.per_device_train_batch_size)
+            metrics.update({f"eval_{k}": v for k, v in held_out.items()})
             model.train()
-        if step % cfg.logging_steps == 0 or step == total_steps or "eval_loss" in metrics:
-            tracker.log(step, metrics)
-        bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['accuracy']:.2f}")
-        bar.update(1)
-        state.update(step=step, sampler=sampler.state_dict())
-        if (cfg.save_steps > 0 and step % cfg.save_steps == 0) or step == total_steps:
-            save_checkpoint(out, step, model=model, tokenizer=tokenizer, optimizer=optimizer, scheduler=scheduler,
-                            save_total_limit=cfg.save_total_limit,
-                            trainer_state=dict(state, config=to_dict(cfg), data_fingerprint=data["fingerprint"]))
+        run.end_step(step, metrics, {"loss": f"{metrics['loss']:.4f}", "acc": f"{metrics['accuracy']:.2f}"},
+                     force_log=evaluated)
 
-    bar.close()
-    tracker.close()
-    save_model(model, tokenizer, out)
-    (out / META_FILE).write_text(json.dumps({"segment": cfg.segment, "template": template,
-                                             "max_length": cfg.max_length}, indent=1))
-    (out / "r1kit_config.json").write_text(json.dumps(to_dict(cfg), indent=1))
-    return out
+    return run.finish({META_FILE: {"segment": cfg.segment, "template": template, "max_length": cfg.max_length}})
 
 
 # ---- the pieces the loop calls ----------------------------------------------------------------
@@ -192,6 +153,20 @@ def pair_rewards(model, pairs: list[tuple[list[int], list[int]]], pad_id: int, d
         mask[i, :len(s)] = 1
     rewards = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, 0].float()  # [2b]
     return rewards[:len(pairs)], rewards[len(pairs):]
+
+
+def forward_backward(model, pairs: list, cfg: RMConfig, pad_id: int, device) -> dict[str, float]:
+    """Backward of the Bradley-Terry loss averaged over this rank's `pairs` (micro-batches of chosen and
+    rejected texts in one forward each); returns this rank's sums (loss, correct, margin, chosen, rejected)."""
+    mbs = cfg.per_device_train_batch_size
+    sums = {"loss": 0.0, "correct": 0.0, "margin": 0.0, "chosen": 0.0, "rejected": 0.0}
+    for s in range(0, len(pairs), mbs):
+        mb = pairs[s:s + mbs]
+        r_c, r_r = pair_rewards(model, mb, pad_id, device)  # [b], [b]
+        loss = bt_loss(r_c, r_r, cfg.center_rewards_coefficient) * len(mb) / len(pairs)
+        loss.backward()
+        accumulate(sums, loss.item(), r_c.detach(), r_r.detach())
+    return sums
 
 
 def bt_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, center_coef: float = 0.0) -> torch.Tensor:

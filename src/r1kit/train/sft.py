@@ -18,27 +18,19 @@ Unpacked rows use the same path (right padding is a segment of its own that noth
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import random
 import time
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from r1kit.algo import selective_log_softmax
-from r1kit.config import to_dict
 from r1kit.data.datasets import DataError
 from r1kit.data.sft_data import SFTBatch, build_examples, collate, fingerprint, load_sft_rows, pack_examples
-from r1kit.models.loading import enable_activation_checkpointing, load_model_and_tokenizer, save_model
-from r1kit.train.optim import apply_update, make_optimizer
-from r1kit.train.checkpoint import check_resume, find_checkpoint, load_checkpoint, save_checkpoint
-from r1kit.train.sampler import PromptSampler
+from r1kit.models.loading import load_model_and_tokenizer
 from r1kit.train.sft_config import SFTConfig
-from r1kit.train.tracking import Tracker
-from r1kit.utils.dist import Runtime
+from r1kit.train.skeleton import TrainRun
 
 log = logging.getLogger("r1kit.sft")
 
@@ -46,104 +38,49 @@ log = logging.getLogger("r1kit.sft")
 
 def train(cfg: SFTConfig) -> Path:
     """Run SFT as `cfg` says; returns the output folder holding the final model."""
-    rt = Runtime.create()
-    torch.manual_seed(cfg.seed + rt.rank)
-    random.seed(cfg.seed + rt.rank)
-    out = Path(cfg.output_dir)
+    run = TrainRun(cfg, "sft")
 
     # ---- model, tokenizer, data -----------------------------------------------------------------
-    model, tokenizer = load_model_and_tokenizer(cfg.model_name_or_path, dtype=cfg.dtype, device=str(rt.device),
+    model, tokenizer = load_model_and_tokenizer(cfg.model_name_or_path, dtype=cfg.dtype, device=str(run.device),
                                                 tokenizer_name_or_path=cfg.tokenizer_name_or_path, lora=cfg.lora())
-    model.train()
-    if cfg.gradient_checkpointing:
-        enable_activation_checkpointing(model)
+    model = run.prepare_model(model)
     data = prepare_data(cfg, tokenizer)
     rows = data["rows"]  # each: a list of one example (or several, packed)
-    if len(rows) < rt.world_size:
-        raise DataError(f"{cfg.dataset_name}: {len(rows)} rows, fewer than the {rt.world_size} processes")
-
-    # ---- optimizer, schedule, data order ----------------------------------------------------------
-    rows_per_step = cfg.batch_size * rt.world_size
+    world = run.rt.world_size
+    if len(rows) < world:
+        raise DataError(f"{cfg.dataset_name}: {len(rows)} rows, fewer than the {world} processes")
+    rows_per_step = cfg.batch_size * world
     total_steps = cfg.max_steps if cfg.max_steps > 0 else max(
         1, math.ceil(cfg.num_train_epochs * len(rows) / rows_per_step))
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer, scheduler = make_optimizer(params, cfg, total_steps)
-    sampler = PromptSampler(len(rows), cfg.seed, rt.rank, rt.world_size)
-    state = {"step": 0, "num_tokens": 0, "skipped_steps": 0}
-
-    if cfg.resume_from_checkpoint:
-        ckpt = find_checkpoint(cfg.resume_from_checkpoint, out)
-        state = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler)
-        check_resume(state, to_dict(cfg), data["fingerprint"], ckpt, "dataset (or its tokenization/packing)")
-        sampler.load_state_dict(state["sampler"])
-        log.info("resumed from %s at step %d", ckpt, state["step"])
-    tracker = Tracker(str(out), cfg.report_to, to_dict(cfg), enabled=rt.is_main,
-                      resume_step=state["step"] if cfg.resume_from_checkpoint else None)
-    bar = tqdm(total=total_steps, initial=state["step"], disable=cfg.disable_tqdm or not rt.is_main,
-               desc="sft", dynamic_ncols=True)
+    run.start(tokenizer, num_rows=len(rows), total_steps=total_steps, fingerprint=data["fingerprint"],
+              data="dataset (or its tokenization/packing)")
     log.info("sft: %d %srows (%d examples, %s), %d steps", len(rows), "packed " if cfg.packing else "",
              data["num_examples"], data["kind"], total_steps)
 
-    for step in range(state["step"] + 1, total_steps + 1):
+    for step in run.steps():
         t_step = time.perf_counter()
-
-        # ---- 1. this step's rows, tokens to normalise by (all micro-batches, all ranks) ----------
-        step_rows = [rows[i] for i in sampler.next(cfg.batch_size)]
-        mbs = cfg.per_device_train_batch_size
-        micro = [collate(step_rows[s:s + mbs], tokenizer.pad_token_id).to(rt.device)
-                 for s in range(0, len(step_rows), mbs)]
-        num_items = rt.sum(sum(float(mb.loss_mask[:, 1:].sum()) for mb in micro))
-        norm = max(num_items, 1.0) / rt.world_size  # gradients are averaged over ranks below
-
-        # ---- 2. forward/backward per micro-batch: sum of -log p over loss tokens / num_items -----
-        loss_sum, correct = 0.0, 0.0
-        for mb in micro:
-            loss, stats = sft_loss(model, mb, num_items=norm)
-            loss.backward()
-            loss_sum += loss.item()
-            correct += stats["correct"]
-
-        # ---- 3. clip, AdamW, schedule ------------------------------------------------------------
-        rt.all_reduce_grads(model)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm).item()
-        if not apply_update(optimizer, scheduler, grad_norm, step):
-            state["skipped_steps"] += 1
+        micro = step_batches(run, rows, tokenizer.pad_token_id)  # ---- 1. this step's rows
+        loss_sum, correct, num_items = forward_backward(run, model, micro)  # ---- 2. loss, gradients
+        grad_norm = run.update(step)  # ---- 3. average over ranks, clip, AdamW, schedule
 
         # ---- 4. metrics, checkpoint --------------------------------------------------------------
-        n_input = rt.sum(sum(float((mb.input_ids != tokenizer.pad_token_id).sum()) for mb in micro))
-        state["num_tokens"] += int(n_input)
+        n_input = run.rt.sum(sum(float((mb.input_ids != tokenizer.pad_token_id).sum()) for mb in micro))
+        run.state.num_tokens += int(n_input)
         step_time = time.perf_counter() - t_step
         metrics = {
-            "loss": rt.sum(loss_sum) / rt.world_size,
-            "mean_token_accuracy": rt.sum(correct) / max(num_items, 1.0),
+            "loss": run.rt.sum(loss_sum) / world,
+            "mean_token_accuracy": run.rt.sum(correct) / max(num_items, 1.0),
             "grad_norm": grad_norm,
-            "learning_rate": scheduler.get_last_lr()[0],
-            "num_tokens": state["num_tokens"],
+            "learning_rate": run.learning_rate,
+            "num_tokens": run.state.num_tokens,
             "num_loss_tokens": int(num_items),
             "epoch": step * rows_per_step / len(rows),
-            "skipped_steps": state["skipped_steps"],
+            "skipped_steps": run.state.skipped_steps,
             "timing_s/step": step_time,
             "perf/tokens_per_sec": n_input / step_time,
         }
-        if step % cfg.logging_steps == 0 or step == total_steps:
-            tracker.log(step, metrics)
-        bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-        bar.update(1)
-        state.update(step=step, sampler=sampler.state_dict())
-        if (cfg.save_steps > 0 and step % cfg.save_steps == 0) or step == total_steps:
-            if rt.is_main:
-                save_checkpoint(out, step, model=model, tokenizer=tokenizer, optimizer=optimizer,
-                                scheduler=scheduler, save_total_limit=cfg.save_total_limit,
-                                trainer_state=dict(state, config=to_dict(cfg), data_fingerprint=data["fingerprint"]))
-            rt.barrier()
-
-    bar.close()
-    tracker.close()
-    if rt.is_main:
-        save_model(model, tokenizer, out)
-        (out / "r1kit_config.json").write_text(json.dumps(to_dict(cfg), indent=1))
-    rt.barrier()
-    return out
+        run.end_step(step, metrics, {"loss": f"{metrics['loss']:.4f}"})
+    return run.finish()
 
 
 # ---- the pieces the loop calls ----------------------------------------------------------------
@@ -160,6 +97,28 @@ def prepare_data(cfg: SFTConfig, tokenizer) -> dict:
     rows = pack_examples(examples, cfg.max_length) if cfg.packing else [[e] for e in examples]
     return {"rows": rows, "kind": kind, "num_examples": len(examples),
             "fingerprint": fingerprint(examples) + ("-packed" if cfg.packing else "")}
+
+
+def step_batches(run: TrainRun, rows: list, pad_id: int) -> list[SFTBatch]:
+    """This rank's rows of the step (`batch_size` of them, in the sampler's order) as micro-batches."""
+    step_rows = [rows[i] for i in run.sampler.next(run.cfg.batch_size)]
+    mbs = run.cfg.per_device_train_batch_size
+    return [collate(step_rows[s:s + mbs], pad_id).to(run.device) for s in range(0, len(step_rows), mbs)]
+
+
+def forward_backward(run: TrainRun, model, micro: list[SFTBatch]) -> tuple[float, float, float]:
+    """Backward of sum(-log p) over the loss tokens of every micro-batch / the step's loss tokens (all
+    ranks), so the gradients are those of one big batch. Returns (this rank's loss, its correct loss
+    tokens, the step's loss tokens over all ranks)."""
+    num_items = run.rt.sum(sum(float(mb.loss_mask[:, 1:].sum()) for mb in micro))
+    norm = max(num_items, 1.0) / run.rt.world_size  # gradients are averaged over ranks in run.update
+    loss_sum, correct = 0.0, 0.0
+    for mb in micro:
+        loss, stats = sft_loss(model, mb, num_items=norm)
+        loss.backward()
+        loss_sum += loss.item()
+        correct += stats["correct"]
+    return loss_sum, correct, num_items
 
 
 def sft_loss(model, batch: SFTBatch, num_items: float | None = None) -> tuple[torch.Tensor, dict]:

@@ -17,7 +17,8 @@ Strategies (`distributed_strategy` in the config, or picked up from an `accelera
   averages gradients itself). ``fsdp2_reshard_after_forward=False`` keeps each layer's gathered
   parameters from forward to backward (ZeRO-2-like). The rollout engine cannot read sharded
   parameters, so the runtime keeps a full, unsharded *rollout copy* (made before sharding) and
-  `sync_engine` gathers the trained weights into it once per step; checkpoints save that copy.
+  `gather_full` gathers the trained weights into it (the trainer skeleton does so before each engine
+  sync and each save); checkpoints save that copy.
 * DeepSpeed ZeRO-2/3 (`accelerate launch` with a DeepSpeed config): r1kit's loop does not run the
   DeepSpeed engine. The ZeRO stage is mapped onto the torch-native strategy with the same sharding
   (stage 3 -> fsdp2; stage 2 -> fsdp2 without resharding after forward; 0/1 -> ddp) and a warning
@@ -40,6 +41,11 @@ log = logging.getLogger("r1kit.dist")
 
 STRATEGIES = ("auto", "ddp", "fsdp2")
 _BUCKET_BYTES = 25 * 2**20  # gradient all-reduce bucket size (DDP's default)
+
+
+def default_device() -> str:
+    """The device a single-process command uses when none is named: the first GPU, else the CPU."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _env_true(name: str) -> bool:
@@ -101,7 +107,7 @@ class Runtime:
         strategy, options = resolve_strategy(strategy)
         if device is None:
             use_cpu = _env_true("ACCELERATE_USE_CPU")
-            device = f"cuda:{local_rank}" if torch.cuda.is_available() and not use_cpu else "cpu"
+            device = f"cuda:{local_rank}" if default_device() == "cuda" and not use_cpu else "cpu"
         dev = torch.device(device)
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
@@ -175,20 +181,19 @@ class Runtime:
         return self._rollout_copy if self._rollout_copy is not None else model
 
     def unwrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        """A module with full weights to save; with fsdp2 the rollout copy, current after `sync_engine`."""
+        """A module with full weights to save; with fsdp2 the rollout copy, current after `gather_full`."""
         return self.rollout_model(model)
 
-    def sync_engine(self, engine, model: torch.nn.Module) -> None:
-        """After an optimizer step: hand the engine the current weights (every rank calls this).
-
-        fsdp2: gather every parameter (a collective, one tensor at a time) into the rollout copy."""
-        if self._rollout_copy is not None:
-            with torch.no_grad():
-                dst = dict(self._rollout_copy.named_parameters())
-                for name, p in model.named_parameters():
-                    full = p.full_tensor() if hasattr(p, "full_tensor") else p
-                    dst[name].copy_(full.to(dst[name].device))
-        engine.update_weights(self.rollout_model(model))
+    def gather_full(self, model: torch.nn.Module) -> None:
+        """fsdp2: gather every trained parameter (a collective, one tensor at a time) into the full
+        rollout copy, which `unwrap` then returns; a no-op for an unsharded model."""
+        if self._rollout_copy is None:
+            return
+        with torch.no_grad():
+            dst = dict(self._rollout_copy.named_parameters())
+            for name, p in model.named_parameters():
+                full = p.full_tensor() if hasattr(p, "full_tensor") else p
+                dst[name].copy_(full.to(dst[name].device))
 
     # ---- gradients -----------------------------------------------------------------------------
 

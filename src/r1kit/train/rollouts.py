@@ -1,0 +1,143 @@
+"""What flows through a GRPO step before the gradient: prompts, scored rollouts, and how they are made.
+
+`PromptSet` is the dataset rendered and tokenized once; `Rollouts` is one step's scored completions,
+grouped (the `num_generations` completions of a prompt are consecutive); `Rewarder` scores them with
+TRL-style reward functions; `generate_rollouts` makes a step's rollouts, with DAPO's dynamic sampling.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+from r1kit.algo import zero_std_groups
+from r1kit.data.datasets import DataError, load_dataset_rows
+from r1kit.data.templates import is_conversation, render_prompt
+from r1kit.rewards import RewardBatch, get_reward, score_completions
+from r1kit.rollout import Completion, SamplingParams
+from r1kit.train.sampler import PromptSampler
+
+
+@dataclass
+class PromptSet:
+    """The training prompts, rendered with the template and tokenized before training starts."""
+
+    prompts: list  # the dataset's prompts: strings or chat messages                     [R]
+    texts: list[str]  # after the template                                                [R]
+    prompt_ids: list[list[int]]  # tokenized texts                                        [R][P_r]
+    columns: dict[str, list]  # every other dataset column (solution, ...)              {name: [R]}
+    conversational: bool  # prompts are chat messages: completions are passed as messages too
+    fingerprint: str  # hash of texts + solutions: a resume on other data is refused
+
+    def __len__(self) -> int:
+        return len(self.prompt_ids)
+
+
+@dataclass
+class Rollouts:
+    """One step's completions and their rewards, grouped: completions g*G .. g*G+G-1 share a prompt."""
+
+    completions: list[Completion]  # [N]
+    rows: list[int]  # the PromptSet row each completion answers                          [N]
+    rewards: RewardBatch  # per function and weighted total                              [N, F], [N]
+
+    def concat(self, other: "Rollouts") -> "Rollouts":
+        return Rollouts(self.completions + other.completions, self.rows + other.rows,
+                        self.rewards.concat(other.rewards))
+
+    def select(self, idx: list[int]) -> "Rollouts":
+        return Rollouts([self.completions[i] for i in idx], [self.rows[i] for i in idx], self.rewards.select(idx))
+
+    @property
+    def texts(self) -> list[str]:
+        return [c.text for c in self.completions]
+
+
+@dataclass
+class Rewarder:
+    """The run's reward functions (names or dotted paths, resolved at construction so a typo fails
+    before training), their weights, and the per-row deadline."""
+
+    names: list[str]
+    weights: list[float]
+    timeout_s: float | None = None
+
+    def __post_init__(self):
+        for name in self.names:
+            get_reward(name)
+
+    def score(self, prompts: PromptSet, comps: list[Completion], rows: list[int]) -> RewardBatch:
+        """Call every function as TRL does: prompts, completions (messages for chat data), the dataset
+        columns of each completion's row, and completion_ids."""
+        texts = [c.text for c in comps]
+        completions = [[{"role": "assistant", "content": t}] for t in texts] if prompts.conversational else texts
+        columns = {k: [v[r] for r in rows] for k, v in prompts.columns.items()}
+        columns["completion_ids"] = [c.completion_ids for c in comps]
+        return score_completions(self.names, self.weights, [prompts.prompts[r] for r in rows], completions, columns,
+                                 timeout_s=self.timeout_s)
+
+
+def load_prompts(cfg, tokenizer) -> PromptSet:
+    """Load and validate the dataset, render the template, tokenize, check prompt lengths (`cfg` is a
+    GRPOConfig)."""
+    ds = load_dataset_rows(cfg.dataset_name, cfg.dataset_train_split, prompt_column=cfg.dataset_prompt_column,
+                           answer_column=cfg.dataset_answer_column, dataset_config=cfg.dataset_config,
+                           num_rows=cfg.dataset_num_rows, seed=cfg.seed)
+    prompts = ds["prompt"]
+    check_chat_template(cfg, tokenizer)
+    texts = [render_prompt(p, tokenizer, cfg.template, cfg.system_prompt) for p in prompts]
+    # The chat template writes its own special tokens; a plain string gets the tokenizer's (e.g. BOS).
+    prompt_ids = tokenizer(texts, add_special_tokens=cfg.template != "chat").input_ids
+    too_long = [i for i, ids in enumerate(prompt_ids) if len(ids) > cfg.max_prompt_length]
+    if too_long:
+        i = too_long[0]
+        raise DataError(f"{cfg.dataset_name}: row {i}: 'prompt' is {len(prompt_ids[i])} tokens after the "
+                        f"'{cfg.template}' template, over max_prompt_length={cfg.max_prompt_length} "
+                        f"({len(too_long)} row(s) in all)")
+    columns = {k: ds[k] for k in ds.column_names if k != "prompt"}
+    fingerprint = hashlib.sha256(json.dumps([texts, columns["solution"]], default=str).encode()).hexdigest()[:16]
+    return PromptSet(prompts, texts, prompt_ids, columns, is_conversation(prompts[0]), fingerprint)
+
+
+def check_chat_template(cfg, tokenizer) -> None:
+    """Before any training: `template: chat` needs the tokenizer's chat template; name the model that lacks it."""
+    if cfg.template == "chat" and not getattr(tokenizer, "chat_template", None):
+        raise DataError(f"{cfg.tokenizer_name_or_path or cfg.model_name_or_path}: template is 'chat' but this "
+                        f"tokenizer has no chat template; use template: r1_zero, or a model (or "
+                        f"tokenizer_name_or_path) with a chat template")
+
+
+def rollout_and_score(engine, sampling: SamplingParams, rows: list[int], prompts: PromptSet,
+                      rewarder: Rewarder) -> Rollouts:
+    """`sampling.n` completions for each of `rows`, scored by every reward function."""
+    comps = engine.generate([prompts.prompt_ids[r] for r in rows], sampling)
+    row_of = [rows[c.prompt_index] for c in comps]
+    return Rollouts(comps, row_of, rewarder.score(prompts, comps, row_of))
+
+
+def generate_rollouts(engine, sampling: SamplingParams, sampler: PromptSampler, num_prompts: int,
+                      prompts: PromptSet, rewarder: Rewarder, dynamic_sampling: bool = False,
+                      max_resample_rounds: int = 0) -> tuple[Rollouts, float, int]:
+    """One step's scored rollouts for `num_prompts` prompts. With DAPO's dynamic sampling, groups whose
+    rewards all agree are replaced by groups of new prompts (at most `max_resample_rounds` extra rounds).
+
+    Returns (rollouts, fraction of zero-std groups in the first round, extra rounds made)."""
+    group = sampling.n
+    roll = rollout_and_score(engine, sampling, sampler.next(num_prompts), prompts, rewarder)
+    first_zero_std = zero_std_groups(roll.rewards.total, group).float().mean().item()
+    rounds = 0
+    while dynamic_sampling and rounds < max_resample_rounds and zero_std_groups(roll.rewards.total, group).any():
+        rounds += 1
+        extra = rollout_and_score(engine, sampling, sampler.next(num_prompts), prompts, rewarder)
+        roll = refill(roll, extra, num_prompts, group)
+    return roll, first_zero_std, rounds
+
+
+def refill(roll: Rollouts, extra: Rollouts, num_prompts: int, group_size: int) -> Rollouts:
+    """Dynamic sampling: `num_prompts` whole groups of `roll` + `extra`, those with varied rewards first
+    (in their order), topped up with zero-std groups (in their order)."""
+    merged = roll.concat(extra)
+    flat = zero_std_groups(merged.rewards.total, group_size).tolist()  # [groups]
+    order = [g for g, z in enumerate(flat) if not z] + [g for g, z in enumerate(flat) if z]
+    return merged.select([g * group_size + j for g in order[:num_prompts] for j in range(group_size)])
