@@ -13,7 +13,7 @@ import difflib
 import types
 import typing
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Mapping, Sequence, Union
 
 import yaml
 
@@ -173,6 +173,20 @@ def load_config(cls: type, path: str | None = None, overrides: list[str] | None 
 def to_dict(cfg) -> dict:
     """A YAML-ready dict of a config dataclass."""
     return dataclasses.asdict(cfg)
+
+
+def one_of(names) -> str:
+    """`"a, b or c"`: a list of choices for help texts and error messages."""
+    names = [str(n) for n in names]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def described(registry: Mapping[str, Any], more: Sequence[str] = ()) -> str:
+    """`"a (what a is), b (...) or c (...)"` from a registry of name -> function whose docstring starts with
+    what it is (its first line), then the `more` choices: a config's help text reads the names where they are
+    defined."""
+    return one_of([f"{name} ({(fn.__doc__ or '').strip().splitlines()[0].rstrip('.')})" for name, fn in registry.items()]
+                  + list(more))
 
 
 def describe(cls: type) -> str:

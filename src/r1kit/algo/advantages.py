@@ -30,8 +30,6 @@ from torch import Tensor
 
 __all__ = ["group_advantages", "zero_std_groups", "SCALES"]
 
-SCALES = ("group", "batch", "none")
-
 
 def _as_groups(rewards: Tensor, group_size: int) -> tuple[Tensor, Tensor]:
     """Validate and reshape ``rewards`` [N] to float64 [P, G]; also return the scorable mask."""
@@ -74,6 +72,34 @@ def _unbiased_std(dev: Tensor, count: Tensor) -> Tensor:
     return (dev.square().sum(dim=-1) / denom).sqrt()  # [...]
 
 
+def _scale_group(r0: Tensor, dev: Tensor, valid: Tensor, count: Tensor, eps: float) -> Tensor:
+    """each group's std
+
+    Sample std of each group's scorable rewards, + eps."""
+    return _unbiased_std(dev, count)[:, None] + eps  # [P, 1]
+
+
+def _scale_batch(r0: Tensor, dev: Tensor, valid: Tensor, count: Tensor, eps: float) -> Tensor:
+    """the batch's std
+
+    Sample std of all scorable rewards of the batch, + eps (the same for every group)."""
+    n_valid = valid.sum()  # [] scorable rewards in the batch
+    batch_mean = r0.sum() / n_valid.clamp(min=1).to(r0.dtype)  # []
+    batch_dev = torch.where(valid, r0 - batch_mean, torch.zeros_like(r0))  # [P, G]
+    denom = _unbiased_std(batch_dev.reshape(-1), n_valid) + eps  # []
+    return denom.expand(r0.shape[0], 1)  # [P, 1]
+
+
+def _scale_none(r0: Tensor, dev: Tensor, valid: Tensor, count: Tensor, eps: float) -> Tensor:
+    """Dr. GRPO: no std scaling"""
+    return torch.ones(r0.shape[0], 1, dtype=r0.dtype, device=r0.device)  # [P, 1]
+
+
+# scale_rewards name -> the denominator of each group's advantages [P, 1] (the first docstring line says
+# what it is: help texts read it)
+SCALES = {"group": _scale_group, "batch": _scale_batch, "none": _scale_none}
+
+
 def group_advantages(
     rewards: Tensor,
     group_size: int,
@@ -93,7 +119,7 @@ def group_advantages(
         eps: added to the std before dividing.
     """
     if scale not in SCALES:
-        raise ValueError(f"unknown advantage scale {scale!r}; expected one of {SCALES}")
+        raise ValueError(f"unknown advantage scale {scale!r}; expected one of {tuple(SCALES)}")
     if eps < 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
     out_dtype = rewards.dtype if rewards.is_floating_point() else torch.float32
@@ -103,17 +129,7 @@ def group_advantages(
     mean = r0.sum(dim=-1) / count.clamp(min=1).to(r.dtype)  # [P]
     dev = torch.where(valid, r0 - mean[:, None], torch.zeros_like(r))  # [P, G]
 
-    if scale == "group":
-        denom = _unbiased_std(dev, count)[:, None] + eps  # [P, 1]
-    elif scale == "batch":
-        n_valid = valid.sum()  # [] scorable rewards in the batch
-        batch_mean = r0.sum() / n_valid.clamp(min=1).to(r.dtype)  # []
-        batch_dev = torch.where(valid, r0 - batch_mean, torch.zeros_like(r))  # [P, G]
-        denom = _unbiased_std(batch_dev.reshape(-1), n_valid) + eps  # []
-        denom = denom.expand(r.shape[0], 1)  # [P, 1]
-    else:  # "none": Dr. GRPO, no std scaling
-        denom = torch.ones_like(mean)[:, None]  # [P, 1]
-
+    denom = SCALES[scale](r0, dev, valid, count, eps)  # [P, 1]
     denom = torch.where(denom > 0, denom, torch.ones_like(denom))  # [P, 1] eps=0 and std=0 guard
     adv = dev / denom  # [P, G]
     keep = valid & ~_zero_std(r, valid)[:, None]  # [P, G] scorable entries of informative groups

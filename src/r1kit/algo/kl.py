@@ -28,18 +28,22 @@ LOG_RATIO_CLAMP = 20.0
 
 
 def _k1(logp: Tensor, ref_logp: Tensor) -> Tensor:
+    """log-ratio: unbiased, high variance, can be negative"""
     return logp - ref_logp  # [...]
 
 
 def _k2(logp: Tensor, ref_logp: Tensor) -> Tensor:
+    """half the squared log-ratio: biased, low variance"""
     return 0.5 * (logp - ref_logp).square()  # [...]
 
 
 def _k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
+    """the paper's: unbiased, low variance, >= 0"""
     x = (ref_logp - logp).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)  # [...] log(pi_ref / pi_theta)
     return torch.expm1(x) - x  # [...] e^x - 1 - x >= 0 (expm1 is exact near x = 0)
 
 
+# kl_estimator name -> estimator (the first docstring line says what it is: help texts read it)
 KL_ESTIMATORS = {"k1": _k1, "k2": _k2, "k3": _k3}
 
 

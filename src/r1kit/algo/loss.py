@@ -51,23 +51,30 @@ def _masked_sum(per_token: Tensor, mask: Tensor) -> Tensor:
 
 
 def _agg_grpo(per_token: Tensor, mask: Tensor, max_completion_length: int | None):
-    """Sum over sequences of each sequence's masked token mean; normaliser B (empty rows give 0)."""
+    """per-sequence mean
+
+    Sum over sequences of each sequence's masked token mean; normaliser B (empty rows give 0)."""
     seq_mean = masked_mean(per_token, mask, dim=-1)  # [B]
     return seq_mean.sum(), per_token.new_tensor(float(per_token.shape[0]))  # [], []
 
 
 def _agg_dapo(per_token: Tensor, mask: Tensor, max_completion_length: int | None):
-    """Masked token sum; normaliser = number of masked tokens."""
+    """token mean
+
+    Masked token sum; normaliser = number of masked tokens."""
     return _masked_sum(per_token, mask), mask.sum()  # [], []
 
 
 def _agg_dr_grpo(per_token: Tensor, mask: Tensor, max_completion_length: int | None):
-    """Masked token sum; normaliser = B * max_completion_length (or B * T)."""
+    """constant divisor
+
+    Masked token sum; normaliser = B * max_completion_length (or B * T)."""
     length = max_completion_length if max_completion_length is not None else per_token.shape[1]
     norm = per_token.new_tensor(float(per_token.shape[0] * length))  # []
     return _masked_sum(per_token, mask), norm  # [], []
 
 
+# loss_type name -> aggregation (the first docstring line says what it is: help texts read it)
 AGGREGATIONS: dict[str, Aggregation] = {
     "grpo": _agg_grpo,
     "dapo": _agg_dapo,

@@ -26,6 +26,11 @@ from r1kit.data.datasets import (DataError, RowProblems, load_hub, load_saved_sp
                                  read_json_file, split_files)
 from r1kit.data.templates import is_conversation, plain_messages, render_prompt
 
+# SFT's own template name next to data.templates.TEMPLATES: a string prompt as is (a conversation prompt
+# still goes through the chat template)
+NO_TEMPLATE = "none"
+SFT_TEMPLATES = {NO_TEMPLATE: "as is"}
+
 
 @dataclass
 class Example:
@@ -166,13 +171,14 @@ def encode_row(row: dict, tokenizer, *, kind: str, template: str = "r1_zero", sy
             if not completion.strip():
                 raise ValueError(f"{completion_column!r} is empty")
             # plain text: r1_zero / custom templates, or template none on a string (not chat-rendered)
-            plain = template != "chat" and (template != "none" or isinstance(prompt, str))
-            if template == "none" and isinstance(prompt, str):
+            plain = template != "chat" and (template != NO_TEMPLATE or isinstance(prompt, str))
+            if template == NO_TEMPLATE and isinstance(prompt, str):
                 prompt_text = prompt
             else:
                 if is_conversation(prompt):
                     _need_chat_template(tokenizer, "a conversation prompt")
-                prompt_text = render_prompt(prompt, tokenizer, "chat" if template == "none" else template, system_prompt)
+                prompt_text = render_prompt(prompt, tokenizer, "chat" if template == NO_TEMPLATE else template,
+                                            system_prompt)
             if plain and _joins_words(prompt_text, completion):
                 completion = " " + completion  # see _joins_words
             eos = tokenizer.eos_token or ""

@@ -1,15 +1,18 @@
 """Turn a dataset prompt into the text the policy model continues.
 
-Two templates:
+Two templates, registered in `TEMPLATES` (name -> render function; every config reads its names there):
 - `r1_zero`: the DeepSeek-R1-Zero prompt (paper, Table 1) around the question, ending with
   "Assistant:". No chat template is involved, so it works with base models.
 - `chat`: the tokenizer's own chat template with the generation prompt added, for instruct models.
-A custom template string containing `{prompt}` is also accepted.
+A custom template string containing `{prompt}` is also accepted where a command allows it
+(`is_template(name, custom=True)`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
+
+from r1kit.config import described, one_of
 
 R1_ZERO_TEMPLATE = (
     "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
@@ -18,8 +21,6 @@ R1_ZERO_TEMPLATE = (
     "<answer> </answer> tags, respectively, i.e., <think> reasoning process here </think> "
     "<answer> answer here </answer>. User: {prompt}. Assistant:"
 )
-
-TEMPLATES = ("r1_zero", "chat")
 
 NO_CHAT_TEMPLATE_MESSAGE = (
     "tokenizer has no chat template; use template: r1_zero or a tokenizer with one "
@@ -68,19 +69,18 @@ def render_prompt(prompt: str | Sequence[Mapping[str, Any]], tokenizer=None, tem
     conversation = is_conversation(prompt)
     if not conversation and not isinstance(prompt, str):
         raise TypeError(f"prompt must be a string or a list of {{role, content}} messages, got {type(prompt).__name__}")
+    if template in TEMPLATES:
+        return TEMPLATES[template](prompt, tokenizer, system_prompt, conversation)
+    if "{prompt}" in template:
+        return _fill(template, "custom", prompt, system_prompt, conversation)
+    raise ValueError(f"unknown template {template!r}; use one of {tuple(TEMPLATES)} or a string containing '{{prompt}}'")
 
-    if template == "chat":
-        return _render_chat(prompt, tokenizer, system_prompt, conversation)
 
-    if template == "r1_zero":
-        template_text = R1_ZERO_TEMPLATE
-    elif "{prompt}" in template:
-        template_text = template
-    else:
-        raise ValueError(f"unknown template {template!r}; use one of {TEMPLATES} or a string containing '{{prompt}}'")
+def _fill(template_text: str, name: str, prompt, system_prompt: str | None, conversation: bool) -> str:
+    """A text template: the question (a string, or a conversation's last user message) at `{prompt}`."""
     if system_prompt is not None:
         raise ValueError(
-            f"system_prompt is only used with template 'chat'; the {template if template in TEMPLATES else 'custom'} "
+            f"system_prompt is only used with template 'chat'; the {name} "
             "template is itself the instruction (put extra text into a custom template instead)"
         )
     question = _last_user_content(prompt) if conversation else prompt
@@ -88,7 +88,13 @@ def render_prompt(prompt: str | Sequence[Mapping[str, Any]], tokenizer=None, tem
     return template_text.replace("{prompt}", question)
 
 
+def _render_r1_zero(prompt, tokenizer, system_prompt: str | None, conversation: bool) -> str:
+    """the paper's Table 1 template"""
+    return _fill(R1_ZERO_TEMPLATE, "r1_zero", prompt, system_prompt, conversation)
+
+
 def _render_chat(prompt, tokenizer, system_prompt: str | None, conversation: bool) -> str:
+    """the tokenizer's chat template"""
     if tokenizer is None:
         raise ValueError("template 'chat' needs a tokenizer")
     if not _has_chat_template(tokenizer):
@@ -107,6 +113,28 @@ def _render_chat(prompt, tokenizer, system_prompt: str | None, conversation: boo
     if not isinstance(text, str):  # some versions return a list for batched input
         raise TypeError(f"apply_chat_template returned {type(text).__name__}, expected str")
     return text
+
+
+# template name -> render(prompt, tokenizer, system_prompt, conversation) -> text; the docstring says what it is
+TEMPLATES: dict[str, Callable[..., str]] = {"r1_zero": _render_r1_zero, "chat": _render_chat}
+CUSTOM_TEMPLATE = "a string containing {prompt}"
+
+
+def is_template(name: str, *, extra: Sequence[str] = (), custom: bool = False) -> bool:
+    """True for a registered template, one of `extra` (a command's own), or (`custom`) a `{prompt}` string."""
+    return name in TEMPLATES or name in extra or (custom and isinstance(name, str) and "{prompt}" in name)
+
+
+def template_choices(*, extra: Sequence[str] = (), custom: bool = False) -> str:
+    """What a template option may be, for error messages: "r1_zero or chat" (+ `extra`, + custom strings)."""
+    return one_of([*TEMPLATES, *extra] + ([CUSTOM_TEMPLATE] if custom else []))
+
+
+def template_help(*, extra: Mapping[str, str] | None = None, custom: bool = False) -> str:
+    """The templates with what each one is, for help texts: "r1_zero (the paper's Table 1 template) or chat
+    (the tokenizer's chat template)"; `extra`: a command's own names and meanings."""
+    more = [f"{name} ({meaning})" for name, meaning in (extra or {}).items()]
+    return described(TEMPLATES, more + ([CUSTOM_TEMPLATE] if custom else []))
 
 
 def prompt_ends_with_think(text: str) -> bool:

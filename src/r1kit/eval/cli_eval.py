@@ -30,7 +30,7 @@ from pathlib import Path
 
 from r1kit.config import field
 from r1kit.data.datasets import DataError, load_dataset_rows
-from r1kit.data.templates import render_prompt
+from r1kit.data.templates import is_template, render_prompt, template_choices, template_help
 from r1kit.eval.runner import evaluate
 from r1kit.utils.io import finite_or_none
 
@@ -58,7 +58,7 @@ class EvalConfig:
     split: str = field("test", help="Split of a task or folder (tasks: the held-out test split).")
     problem_column: str = field("problem", help="Problem column of a file task.")
     solution_column: str = field("solution", help="Reference-answer column of a file task.")
-    template: str = field("r1_zero", help="r1_zero (the paper's Table 1 template) or chat (the tokenizer's chat template).")
+    template: str = field("r1_zero", help=f"{template_help()}.")
     system_prompt: str | None = field(None, help="System message for template: chat.")
     temperature: float = field(0.6, help="Sampling temperature (the paper: 0.6).")
     top_p: float = field(0.95, help="Nucleus sampling threshold (the paper: 0.95).")
@@ -77,7 +77,7 @@ class EvalConfig:
         need(bool(self.model), "model", "must name a model folder, hub id or r1kit:tiny")
         need(self.n >= 1, "n", "must be >= 1")
         need(self.num_problems is None or self.num_problems >= 1, "num_problems", "must be >= 1")
-        need(self.template in ("r1_zero", "chat"), "template", "must be r1_zero or chat")
+        need(is_template(self.template), "template", f"must be {template_choices()}")
         need(self.temperature >= 0, "temperature", "must be >= 0")
         need(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
         need(self.max_completion_length >= 1, "max_completion_length", "must be >= 1")

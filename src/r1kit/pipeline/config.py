@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from r1kit.config import field
+from r1kit.data.templates import is_template, template_choices, template_help
 
 
 @dataclass
@@ -16,7 +17,7 @@ class PipelineConfig:
     output_dir: str = field("runs/r1-tiny", help="Each stage writes output_dir/<stage>/ (model/, data/, eval/, manifest.json); "
                                                  "pipeline.json and report.html go here.")
     seed: int = field(0, help="Seed every stage derives its own seed from.")
-    template: str = field("r1_zero", help="Prompt template for every stage (r1_zero: the paper's Table 1 template, or chat).")
+    template: str = field("r1_zero", help=f"Prompt template for every stage: {template_help()}.")
     max_completion_length: int = field(160, help="Maximum new tokens in GRPO, sampling and evaluation.")
     stop_strings: list[str] = field(["</answer>"], help="Generation stops after any of these (GRPO, sampling, evaluation).")
     train_rows: int = field(2000, help="Training prompts generated from the task's train split for each GRPO stage.")
@@ -42,8 +43,8 @@ class PipelineConfig:
             raise ValueError(f"'train_rows' must be >= 1, got {self.train_rows!r}")
         if self.num_threads < 0:
             raise ValueError(f"'num_threads' must be >= 0, got {self.num_threads!r}")
-        if self.template not in ("r1_zero", "chat"):
-            raise ValueError(f"'template' must be r1_zero or chat, got {self.template!r}")
+        if not is_template(self.template):
+            raise ValueError(f"'template' must be {template_choices()}, got {self.template!r}")
 
 
 @dataclass

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from r1kit.config import field
+from r1kit.algo import AGGREGATIONS, KL_ESTIMATORS, SCALES
+from r1kit.config import described, field, one_of
+from r1kit.data.templates import is_template, template_choices, template_help
 from r1kit.train.common_config import ModelArgs, TrainingArgs
 from r1kit.train.common_config import need as common_need
-
-LOSS_TYPES = ("grpo", "dapo", "dr_grpo")
-SCALES = ("group", "batch", "none")
 
 
 @dataclass
@@ -21,7 +20,7 @@ class GRPOConfig(TrainingArgs, ModelArgs):
     dataset_prompt_column: str = field("prompt", help="Column holding the prompt (a string or chat messages).")
     dataset_answer_column: str = field("solution", help="Column holding the reference answer.")
     dataset_num_rows: int | None = field(None, help="Use only this many rows (procedural tasks: how many to generate).")
-    template: str = field("r1_zero", help="r1_zero (the paper's Table 1 template) or chat (the tokenizer's chat template).")
+    template: str = field("r1_zero", help=f"{template_help()}.")
     system_prompt: str | None = field(None, help="System message for template: chat.")
 
     # ---- rewards ----
@@ -45,11 +44,11 @@ class GRPOConfig(TrainingArgs, ModelArgs):
 
     # ---- GRPO ----
     beta: float = field(0.0, help="KL coefficient against the reference model (0 = no reference model).")
-    kl_estimator: str = field("k3", help="KL estimator: k1, k2 or k3 (the paper's).")
+    kl_estimator: str = field("k3", help=f"KL estimator: {described(KL_ESTIMATORS)}.")
     epsilon: float = field(0.2, help="Lower clipping range of the ratio.")
     epsilon_high: float | None = field(None, help="Upper clipping range (DAPO's clip-higher); default: epsilon.")
-    loss_type: str = field("dapo", help="grpo (per-sequence mean), dapo (token mean), dr_grpo (constant divisor).")
-    scale_rewards: str = field("group", help="Advantage scaling: group, batch or none (Dr. GRPO).")
+    loss_type: str = field("dapo", help=f"Token aggregation of the loss: {described(AGGREGATIONS)}.")
+    scale_rewards: str = field("group", help=f"Advantage scaling: {described(SCALES)}; true/false mean group/none.")
     num_iterations: int = field(1, help="Policy updates per generation batch (the paper's mu).")
     mask_truncated_completions: bool = field(False, help="Exclude completions cut by max_completion_length from the loss.")
     dynamic_sampling: bool = field(False, help="DAPO: drop groups whose rewards all agree and refill the batch.")
@@ -73,12 +72,12 @@ class GRPOConfig(TrainingArgs, ModelArgs):
         def need(cond: bool, name: str, msg: str):
             common_need(self, cond, name, msg)
 
-        need(self.loss_type in LOSS_TYPES, "loss_type", f"must be one of {list(LOSS_TYPES)}")
+        need(self.loss_type in AGGREGATIONS, "loss_type", f"must be one of {list(AGGREGATIONS)}")
         if isinstance(self.scale_rewards, bool) or self.scale_rewards in ("true", "false", "True", "False"):
             self.scale_rewards = "group" if str(self.scale_rewards).lower() == "true" else "none"
         need(self.scale_rewards in SCALES, "scale_rewards", f"must be one of {list(SCALES)} (or true/false)")
-        need(self.kl_estimator in ("k1", "k2", "k3"), "kl_estimator", "must be k1, k2 or k3")
-        need(self.template in ("r1_zero", "chat"), "template", "must be r1_zero or chat")
+        need(self.kl_estimator in KL_ESTIMATORS, "kl_estimator", f"must be {one_of(KL_ESTIMATORS)}")
+        need(is_template(self.template), "template", f"must be {template_choices()}")
         need(self.num_generations >= 1, "num_generations", "must be >= 1")
         need(self.distributed_strategy in ("auto", "ddp", "fsdp2"), "distributed_strategy", "must be auto, ddp or fsdp2")
         need(self.num_iterations >= 1, "num_iterations", "must be >= 1")

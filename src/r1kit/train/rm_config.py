@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from r1kit.config import field
+from r1kit.config import field, one_of
+from r1kit.rewards.reward_model import SEGMENTS, TEMPLATES
 from r1kit.train.common_config import TrainingArgs
 from r1kit.train.common_config import need as common_need
 
@@ -42,8 +43,8 @@ class RMConfig(TrainingArgs):
         def need(cond: bool, name: str, msg: str):
             common_need(self, cond, name, msg)
 
-        need(self.segment in ("answer", "full"), "segment", "must be answer or full")
-        need(self.template in ("auto", "chat", "plain"), "template", "must be auto, chat or plain")
+        need(self.segment in SEGMENTS, "segment", f"must be {one_of(SEGMENTS)}")
+        need(self.template in TEMPLATES, "template", f"must be {one_of(TEMPLATES)}")
         need(0 <= self.eval_fraction < 1, "eval_fraction", "must be in [0, 1)")
         need(self.max_length >= 8, "max_length", "must be >= 8")
         need(self.eval_steps >= 0, "eval_steps", "must be >= 0")

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from r1kit.config import field, to_dict
+from r1kit.data.templates import is_conversation, is_template, render_prompt, template_choices, template_help
 from r1kit.utils.io import write_jsonl
 
 log = logging.getLogger("r1kit.sample")
@@ -60,7 +61,7 @@ class SampleConfig:
     dataset_prompt_column: str = field("prompt", help="Column holding the prompt (a string or chat messages).")
     dataset_answer_column: str = field("solution", help="Column holding the reference answer.")
     dataset_num_rows: int | None = field(None, help="Use only this many prompts (procedural tasks: how many to generate).")
-    template: str = field("r1_zero", help="r1_zero, chat, or a string with {prompt}; use the same one for r1kit sft.")
+    template: str = field("r1_zero", help=f"{template_help(custom=True)}; use the same one for r1kit sft.")
     system_prompt: str | None = field(None, help="System message for template: chat.")
     # ---- generation ----
     rollout_engine: str = field("hf", help="Rollout backend: hf, vllm, vllm-server.")
@@ -103,6 +104,7 @@ class SampleConfig:
             if not cond:
                 raise ValueError(f"'{name}' {msg}, got {getattr(self, name)!r}")
 
+        need(is_template(self.template, custom=True), "template", f"must be {template_choices(custom=True)}")
         need(self.num_samples >= 1, "num_samples", "must be >= 1")
         need(self.prompts_per_batch >= 1, "prompts_per_batch", "must be >= 1")
         need(self.max_completion_length >= 1, "max_completion_length", "must be >= 1")
@@ -229,7 +231,6 @@ def run_sample(cfg: SampleConfig, engine=None) -> Path:
     import torch
 
     from r1kit.data.datasets import DataError, load_dataset_rows
-    from r1kit.data.templates import is_conversation, render_prompt
     from r1kit.models.loading import load_model_and_tokenizer
     from r1kit.rewards import score_completions
     from r1kit.rewards.language import target_scripts

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from r1kit.config import field
+from r1kit.data.sft_data import SFT_TEMPLATES
+from r1kit.data.templates import is_template, template_choices, template_help
 from r1kit.train.common_config import ModelArgs, TrainingArgs
 from r1kit.train.common_config import need as common_need
-
-TEMPLATES = ("r1_zero", "chat", "none")
 
 
 @dataclass
@@ -21,7 +21,7 @@ class SFTConfig(TrainingArgs, ModelArgs):
     messages_column: str = field("messages", help="Column of chat conversations (loss on assistant turns); used when present.")
     prompt_column: str = field("prompt", help="Prompt column of prompt/completion data (a string or chat messages).")
     completion_column: str = field("completion", help="Completion column of prompt/completion data (a string or assistant messages).")
-    template: str = field("r1_zero", help="How a string prompt becomes text: r1_zero (the paper's Table 1), chat (the tokenizer's chat template) or none (as is).")
+    template: str = field("r1_zero", help=f"How a string prompt becomes text: {template_help(extra=SFT_TEMPLATES, custom=True)}.")
     system_prompt: str | None = field(None, help="System message for template: chat.")
     max_length: int = field(1024, help="Longest tokenized example (prompt + completion + EOS); also the packed row length.")
     truncate: bool = field(False, help="Cut examples longer than max_length (from the right) instead of failing on them.")
@@ -44,7 +44,7 @@ class SFTConfig(TrainingArgs, ModelArgs):
             common_need(self, cond, name, msg)
 
         need(bool(self.dataset_name), "dataset_name", "must name a dataset (file, folder or hub id)")
-        need(self.template in TEMPLATES or "{prompt}" in self.template, "template",
-             f"must be one of {list(TEMPLATES)} or a string containing '{{prompt}}'")
+        need(is_template(self.template, extra=SFT_TEMPLATES, custom=True), "template",
+             f"must be {template_choices(extra=SFT_TEMPLATES, custom=True)}")
         need(self.max_length >= 2, "max_length", "must be >= 2")
         need(self.dataset_num_rows is None or self.dataset_num_rows >= 1, "dataset_num_rows", "must be >= 1")
