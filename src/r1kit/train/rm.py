@@ -19,6 +19,7 @@ import hashlib
 import logging
 import math
 import random
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from r1kit.rewards.reward_model import (META_FILE, load_reward_model, prepare_re
                                         rm_text, segment_text)
 from r1kit.train.rm_config import RMConfig
 from r1kit.train.skeleton import TrainRun
+from r1kit.utils.dist import Runtime
 
 log = logging.getLogger("r1kit.rm")
 
@@ -41,7 +43,7 @@ DEFAULT_PAIRS = 2000
 def train(cfg: RMConfig) -> Path:
     """Train a reward model as `cfg` says; returns the output folder holding it."""
     run = TrainRun(cfg, "rm", also_resumable=frozenset({"eval_steps"}))
-    model, tokenizer = load_backbone(cfg.model_name_or_path, cfg.dtype, str(run.device))
+    model, tokenizer = load_backbone(cfg.model_name_or_path, cfg.dtype, run.rt)
     prepare_reward_tokenizer(model, tokenizer, cfg.max_length)
     model = run.prepare_model(model)
     template = resolve_template(cfg.template, tokenizer)
@@ -90,18 +92,29 @@ def train(cfg: RMConfig) -> Path:
 # ---- the pieces the loop calls ----------------------------------------------------------------
 
 
-def load_backbone(name: str, dtype: str, device: str):
-    """(one-output sequence-classification model, tokenizer) from a causal-LM folder, hub id or r1kit:tiny.
-
-    The score head is new (randomly initialised) unless the folder already holds a reward model."""
+def load_backbone(name: str, dtype: str, rt: Runtime):
+    """(one-output sequence-classification model, tokenizer) on `rt.device` from a causal-LM folder, hub id
+    or r1kit:tiny. The score head is new (randomly initialised) unless the folder already holds a reward
+    model; data parallel runs make it rank 0's (`TrainRun.prepare_model`)."""
+    device = str(rt.device)
     if dtype == "auto":
         dtype = "float32" if device == "cpu" else "bfloat16"
-    if name.startswith(TINY_PREFIX):  # built in memory: save it so the seq-cls class can load it
-        causal, tok = load_model_and_tokenizer(name, dtype=dtype)
-        with tempfile.TemporaryDirectory() as tmp:
-            save_model(causal, tok, tmp)
-            return load_reward_model(tmp, device, dtype)
-    return load_reward_model(name, device, dtype)
+    if not name.startswith(TINY_PREFIX):
+        return load_reward_model(name, device, dtype)
+    # Built in memory: save it so the seq-cls class can load it. save_pretrained writes on rank 0 only
+    # when torch.distributed is up, so rank 0 writes one folder that every rank then reads.
+    causal, tok = load_model_and_tokenizer(name, dtype=dtype)
+    tmp = tempfile.mkdtemp(prefix="r1kit-rm-backbone-") if rt.is_main else None
+    folder = rt.gather_objects(tmp)[0]
+    try:
+        if rt.is_main:
+            save_model(causal, tok, folder)
+        rt.barrier()
+        return load_reward_model(folder, device, dtype)
+    finally:
+        rt.barrier()
+        if rt.is_main:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def load_pair_rows(cfg: RMConfig) -> tuple[list[dict], str]:
