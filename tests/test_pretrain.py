@@ -4,10 +4,11 @@ import re
 
 import pytest
 
+from r1kit.config import ConfigError, load_config
 from r1kit.tasks import get_task, is_test_key
 from r1kit.tiny_world import TINY_BASE_PATH
 from r1kit.tiny_world.corpus import FORBIDDEN, corpus_keys, corpus_stats, generate_corpus
-from r1kit.train.pretrain import PretrainConfig, build_tokenizer, load_config, pack_documents, run_pretrain
+from r1kit.tiny_world.pretrain import PretrainConfig, build_tokenizer, pack_documents, run_pretrain
 
 R1_ZERO_PROMPT = (
     "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
@@ -27,10 +28,19 @@ def test_config_validation_names_the_field():
         PretrainConfig(context_length=4096, max_position_embeddings=1024)
 
 
-def test_recipe_loads():
+def test_recipe_loads_like_every_command():
     root = os.path.dirname(os.path.dirname(__file__))
-    cfg = load_config(os.path.join(root, "recipes", "tiny-pretrain.yaml"))
+    recipe = os.path.join(root, "recipes", "tiny-pretrain.yaml")
+    cfg = load_config(PretrainConfig, recipe)
     assert cfg.seed == 0 and cfg.arch == "qwen2"
+    # command-line values are coerced to the field types; unknown keys are named
+    cfg = load_config(PretrainConfig, recipe, ["--max_steps", "5", "--learning_rate", "1e-3", "--max_minutes", "2"])
+    assert (cfg.max_steps, cfg.learning_rate, cfg.max_minutes) == (5, 1e-3, 2.0)
+    assert type(cfg.max_steps) is int and type(cfg.max_minutes) is float
+    with pytest.raises(ConfigError, match="unknown key 'max_step'"):
+        load_config(PretrainConfig, recipe, ["--max_step", "5"])
+    with pytest.raises(ConfigError, match="'max_steps' must be an integer"):
+        load_config(PretrainConfig, recipe, ["--max_steps", "five"])
 
 
 def test_corpus_deterministic_clean_and_mixed():

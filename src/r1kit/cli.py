@@ -12,7 +12,7 @@ import os
 import sys
 
 from r1kit import __version__
-from r1kit.config import ConfigError, describe, load_config
+from r1kit.config import ConfigError, describe, load_config, split_config_flag
 from r1kit.rollout.base import RolloutError
 from r1kit.train.checkpoint import CheckpointError
 
@@ -20,7 +20,7 @@ from r1kit.train.checkpoint import CheckpointError
 COMMANDS = {
     "grpo": ("r1kit.train.grpo_config:GRPOConfig", "r1kit.train.grpo:train",
              "GRPO reinforcement learning with rule-based rewards (DeepSeek-R1-Zero)."),
-    "pretrain": ("r1kit.train.pretrain:PretrainConfig", "r1kit.train.pretrain:run_pretrain",
+    "pretrain": ("r1kit.tiny_world.pretrain:PretrainConfig", "r1kit.tiny_world.pretrain:run_pretrain",
                  "Pretrain the tiny-world base model from scratch on a synthetic corpus."),
     "demo": ("r1kit.tiny_world.demo:DemoConfig", "r1kit.tiny_world.demo:run_demo",
              "Reproduce R1-Zero's curves on the tiny world, on a laptop CPU, in minutes."),
@@ -67,18 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"usage: r1kit {command} [--config recipe.yaml] [--key value ...]\n\n{purpose}\n\noptions:\n"
               f"{describe(cls)}")
         return 0
-    config_path = None
-    if "--config" in rest:
-        i = rest.index("--config")
-        if i + 1 >= len(rest):
-            print("r1kit: --config needs a file", file=sys.stderr)
-            return 2
-        config_path = rest[i + 1]
-        rest = rest[:i] + rest[i + 2:]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")
     try:
-        cfg = load_config(cls, config_path, rest)
+        cfg = load_config(cls, *split_config_flag(rest))
     except ConfigError as e:
         print(f"r1kit {command}: {e}", file=sys.stderr)
         return 2

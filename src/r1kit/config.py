@@ -142,6 +142,16 @@ def from_dict(cls: type, data: dict, source: str = "config"):
         raise ConfigError(f"{source}: {e}") from None
 
 
+def split_config_flag(args: list[str]) -> tuple[str | None, list[str]]:
+    """`--config FILE` taken out of a command line: (FILE or None, the other arguments)."""
+    if "--config" not in args:
+        return None, list(args)
+    i = args.index("--config")
+    if i + 1 >= len(args):
+        raise ConfigError("--config needs a file")
+    return args[i + 1], args[:i] + args[i + 2:]
+
+
 def load_config(cls: type, path: str | None = None, overrides: list[str] | None = None):
     """Load `cls` from a YAML recipe (optional) and command-line `--key value` overrides."""
     data: dict = {}

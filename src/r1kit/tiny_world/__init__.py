@@ -2,7 +2,7 @@
 it, and measurements of that base model under the R1-Zero template.
 
 - `corpus.generate_corpus(n_docs, seed, **mix)` -> list[str] documents (train-split items only).
-- `r1kit.train.pretrain.run_pretrain(PretrainConfig)` trains tokenizer + model on it.
+- `pretrain.run_pretrain(PretrainConfig)` trains tokenizer + model on it (`r1kit pretrain`).
 - `probe.measure_base_model(path, ...)` -> dict of the numbers the demo cares about.
 - `TINY_BASE_PATH`: the shipped model folder (loads with plain transformers).
 """

@@ -1,8 +1,11 @@
 """Pretrain the tiny-world base model from scratch: corpus -> tokenizer -> Qwen2 -> save_pretrained.
 
-    python -m r1kit.train.pretrain --config recipes/tiny-pretrain.yaml [--output_dir DIR] [--key value ...]
+    r1kit pretrain --config recipes/tiny-pretrain.yaml [--output_dir DIR] [--key value ...]
+    python -m r1kit.tiny_world.pretrain --config recipes/tiny-pretrain.yaml [--key value ...]   (the same)
 
-`run_pretrain(PretrainConfig)` returns the output folder, which holds the model and tokenizer
+`PretrainConfig` is loaded like every command's config (`r1kit.config.load_config`: YAML recipe, then
+`--key value` overrides, each coerced to the field's type, unknown keys named). `run_pretrain(PretrainConfig)`
+returns the output folder, which holds the model and tokenizer
 (`save_pretrained`), `metrics.jsonl` (one line per logged step: step, loss, lr, tokens, seconds),
 `manifest.json` (config, corpus statistics, parameter count, wall time, the exact command) and a
 `README.md` saying how to regenerate it. Deterministic in `seed` on a given machine and torch build
@@ -11,7 +14,6 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -20,45 +22,41 @@ import random
 import shlex
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from r1kit.config import field, load_config, split_config_flag
 from r1kit.models import tiny
-
-
-def _f(default, help: str, **kw):
-    if isinstance(default, (dict, list)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kw)
-    return field(default=default, metadata={"help": help}, **kw)
+from r1kit.tiny_world.corpus import FORBIDDEN, CorpusMix, corpus_stats, generate_corpus
 
 
 @dataclass
 class PretrainConfig:
     """Everything that determines the tiny base model."""
 
-    output_dir: str = _f("runs/tiny-pretrain", "Folder to write the model, tokenizer, metrics and manifest to.")
-    seed: int = _f(0, "Seed for the corpus, the model initialisation and the data order.")
-    corpus_docs: int = _f(50_000, "Number of synthetic documents to generate.")
-    corpus_mix: dict = _f({}, "Overrides of r1kit.tiny_world.corpus.CorpusMix fields (behaviour mix of the corpus).")
-    tokenizer_docs: int = _f(20_000, "Documents used to train the tokenizer (a prefix of the corpus).")
-    vocab_size: int = _f(768, "Tokenizer vocabulary size (byte-level BPE, digits always split one per token).")
-    context_length: int = _f(512, "Training block length in tokens; documents are packed whole into blocks.")
-    hidden_size: int = _f(128, "Model width.")
-    num_layers: int = _f(4, "Number of transformer layers.")
-    num_heads: int = _f(4, "Attention heads.")
-    num_kv_heads: int = _f(4, "Key/value heads (grouped-query attention when smaller than num_heads).")
-    intermediate_size: int = _f(384, "MLP width.")
-    max_position_embeddings: int = _f(1024, "Largest position the saved config allows (RoPE, no parameters).")
-    arch: str = _f("qwen2", "transformers architecture: 'qwen2' or 'llama'.")
-    batch_size: int = _f(12, "Blocks per optimiser step.")
-    max_steps: int = _f(300, "Optimiser steps.")
-    learning_rate: float = _f(3e-3, "Peak learning rate (AdamW).")
-    min_lr_ratio: float = _f(0.1, "Final learning rate as a fraction of the peak (cosine decay).")
-    warmup_steps: int = _f(20, "Linear warm-up steps.")
-    weight_decay: float = _f(0.01, "AdamW weight decay.")
-    grad_clip: float = _f(1.0, "Gradient-norm clip (0 = off).")
-    num_threads: int = _f(2, "torch CPU threads (0 = leave torch's default).")
-    log_every: int = _f(10, "Log the loss every this many steps.")
-    max_minutes: float = _f(0.0, "Stop early after this many minutes (0 = no limit); recorded in the manifest.")
+    output_dir: str = field("runs/tiny-pretrain", "Folder to write the model, tokenizer, metrics and manifest to.")
+    seed: int = field(0, "Seed for the corpus, the model initialisation and the data order.")
+    corpus_docs: int = field(50_000, "Number of synthetic documents to generate.")
+    corpus_mix: dict = field({}, "Overrides of r1kit.tiny_world.corpus.CorpusMix fields (behaviour mix of the corpus).")
+    tokenizer_docs: int = field(20_000, "Documents used to train the tokenizer (a prefix of the corpus).")
+    vocab_size: int = field(768, "Tokenizer vocabulary size (byte-level BPE, digits always split one per token).")
+    context_length: int = field(512, "Training block length in tokens; documents are packed whole into blocks.")
+    hidden_size: int = field(128, "Model width.")
+    num_layers: int = field(4, "Number of transformer layers.")
+    num_heads: int = field(4, "Attention heads.")
+    num_kv_heads: int = field(4, "Key/value heads (grouped-query attention when smaller than num_heads).")
+    intermediate_size: int = field(384, "MLP width.")
+    max_position_embeddings: int = field(1024, "Largest position the saved config allows (RoPE, no parameters).")
+    arch: str = field("qwen2", "transformers architecture: 'qwen2' or 'llama'.")
+    batch_size: int = field(12, "Blocks per optimiser step.")
+    max_steps: int = field(300, "Optimiser steps.")
+    learning_rate: float = field(3e-3, "Peak learning rate (AdamW).")
+    min_lr_ratio: float = field(0.1, "Final learning rate as a fraction of the peak (cosine decay).")
+    warmup_steps: int = field(20, "Linear warm-up steps.")
+    weight_decay: float = field(0.01, "AdamW weight decay.")
+    grad_clip: float = field(1.0, "Gradient-norm clip (0 = off).")
+    num_threads: int = field(2, "torch CPU threads (0 = leave torch's default).")
+    log_every: int = field(10, "Log the loss every this many steps.")
+    max_minutes: float = field(0.0, "Stop early after this many minutes (0 = no limit); recorded in the manifest.")
 
     def __post_init__(self):
         def need(cond, name, msg):
@@ -90,8 +88,6 @@ class PretrainConfig:
         need(self.log_every >= 1, "log_every", "must be >= 1")
         need(self.max_minutes >= 0, "max_minutes", "must be >= 0")
         need(isinstance(self.corpus_mix, dict), "corpus_mix", "must be a mapping of CorpusMix fields")
-        from r1kit.tiny_world.corpus import CorpusMix
-
         known = {f.name for f in dataclasses.fields(CorpusMix)}
         bad = sorted(set(self.corpus_mix) - known)
         need(not bad, "corpus_mix", f"unknown keys {bad}; known: {sorted(known)}")
@@ -123,8 +119,8 @@ def pack_documents(token_docs: list[list[int]], block: int, pad_id: int) -> tupl
 
 def _command_line() -> str:
     argv = list(sys.argv)
-    if argv and argv[0].endswith(os.path.join("train", "pretrain.py")):
-        argv = ["-m", "r1kit.train.pretrain"] + argv[1:]
+    if argv and argv[0].endswith(os.path.join("tiny_world", "pretrain.py")):
+        argv = ["-m", "r1kit.tiny_world.pretrain"] + argv[1:]
     return " ".join(shlex.quote(a) for a in ["python"] + argv)
 
 
@@ -132,8 +128,6 @@ def run_pretrain(cfg: PretrainConfig, command: str | None = None) -> str:
     """Generate the corpus, train tokenizer and model, save everything to `cfg.output_dir`."""
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
-
-    from r1kit.tiny_world.corpus import CorpusMix, FORBIDDEN, corpus_stats, generate_corpus
 
     t0 = time.time()
     if cfg.num_threads:
@@ -253,7 +247,7 @@ def _readme(m: dict) -> str:
     return f"""# r1kit tiny-base
 
 A {m['parameters'] / 1e6:.2f}M-parameter {m['config']['arch']} model pretrained from scratch by
-`r1kit.train.pretrain` on a synthetic arithmetic corpus (the r1kit "tiny world"). It has never seen
+`r1kit.tiny_world.pretrain` on a synthetic arithmetic corpus (the r1kit "tiny world"). It has never seen
 the R1-Zero template; see `r1kit/tiny_world/corpus.py` for what the corpus contains.
 
 Regenerate (seed {m['seed']}, {m['seconds']['total']:.0f} s here on {m['threads']} CPU threads):
@@ -268,35 +262,10 @@ Full configuration and statistics: `manifest.json`; losses: `metrics.jsonl`.
 """
 
 
-def load_config(path: str | None, overrides: dict | None = None) -> PretrainConfig:
-    raw: dict = {}
-    if path:
-        import yaml
-
-        with open(path) as f:
-            raw = yaml.safe_load(f) or {}
-        raw = raw.get("pretrain", raw)
-    raw.update(overrides or {})
-    known = {f.name: f for f in dataclasses.fields(PretrainConfig)}
-    unknown = sorted(set(raw) - set(known))
-    if unknown:
-        raise ValueError(f"unknown PretrainConfig keys {unknown}")
-    return PretrainConfig(**raw)
-
-
 def main(argv: list[str] | None = None) -> str:
-    import yaml
-
-    ap = argparse.ArgumentParser(description="Pretrain the r1kit tiny-world base model.")
-    ap.add_argument("--config", help="YAML file with PretrainConfig fields")
-    for f in dataclasses.fields(PretrainConfig):
-        ap.add_argument(f"--{f.name}", default=None, help=f.metadata.get("help"))
-    args = ap.parse_args(argv)
-    overrides = {k: yaml.safe_load(v) for k, v in vars(args).items() if k != "config" and v is not None}
-    if "output_dir" in overrides:
-        overrides["output_dir"] = str(overrides["output_dir"])
-    cfg = load_config(args.config, overrides)
-    out = run_pretrain(cfg)
+    """`python -m r1kit.tiny_world.pretrain [--config recipe.yaml] [--key value ...]`: as `r1kit pretrain`."""
+    path, overrides = split_config_flag(list(sys.argv[1:] if argv is None else argv))
+    out = run_pretrain(load_config(PretrainConfig, path, overrides))
     print(out)
     return out
 
