@@ -70,7 +70,9 @@ def test_other_losses_and_dynamic_sampling(tmp_path, loss_type):
                    epsilon_high=0.28, scale_rewards="none", mask_truncated_completions=True, save_steps=0)
     rows = read_metrics(train(cfg))
     assert len(rows) == 2 and all(math.isfinite(r["loss"]) for r in rows)
-    assert all(r["dynamic_sampling/rounds"] in (0, 1) for r in rows)
+    # one extra round exactly when the first round had a group without signal (max_resample_rounds=1);
+    # what the refill keeps is checked with hand-built groups in tests/test_rollouts.py
+    assert all(r["dynamic_sampling/rounds"] == int(r["frac_reward_zero_std"] > 0) for r in rows)
 
 
 class Crash(Exception):
