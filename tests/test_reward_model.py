@@ -6,7 +6,7 @@ import pytest
 
 from r1kit.rewards import get_reward, score_completions
 from r1kit.rewards.reward_model import answer_segment, make_reward_model_reward, reward_from_spec
-from r1kit.tiny_world.preferences import KINDS, make_pair, preference_pairs, write_pairs
+from r1kit.tasks.preferences import KINDS, make_pair, preference_pairs, write_pairs
 
 
 @pytest.fixture(scope="module")

@@ -120,7 +120,7 @@ def load_backbone(name: str, dtype: str, rt: Runtime):
 def load_pair_rows(cfg: RMConfig) -> tuple[list[dict], str]:
     """Rows with prompt/chosen/rejected from a file/folder/hub dataset or r1kit:preferences."""
     if cfg.dataset_name.startswith(PREFERENCES):
-        from r1kit.tiny_world.preferences import preference_pairs
+        from r1kit.tasks.preferences import preference_pairs
 
         return preference_pairs(cfg.dataset_num_rows or DEFAULT_PAIRS, seed=cfg.seed), cfg.dataset_name
     from r1kit.data.sft_data import load_sft_rows

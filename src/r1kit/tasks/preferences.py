@@ -1,6 +1,7 @@
-"""Preference pairs for the tiny world's own helpfulness reward model (`r1kit rm`).
+"""Preference pairs for the tiny world's own helpfulness reward model (`r1kit rm`, `r1kit:preferences`).
 
-Each pair answers one `r1kit:arithmetic` question (train split only, so evaluation items never leak):
+A procedural data source built on a task's rows, so it lives with the tasks, below the trainer that reads
+it. Each pair answers one `r1kit:arithmetic` question (train split only, so evaluation items never leak):
 - `chosen`: a correct, readable English response: short worked steps in `<think>`, then a one-line
   summary and the answer: `<think> ... </think> <answer> 12 + 30 = 42, so the answer is 42 </answer>`;
 - `rejected`, by `kind` (cycled so every kind is equally common):
@@ -13,9 +14,11 @@ Rows: `prompt`, `chosen`, `rejected`, `kind`, `solution` (jsonl-ready; `r1kit rm
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
+
+from r1kit.tasks import get_task
+from r1kit.utils.io import write_jsonl
 
 KINDS = ("wrong", "mixed_language", "rambling", "no_summary")
 _OPS = {"+": "plus", "-": "minus", "*": "times"}
@@ -56,18 +59,11 @@ def make_pair(row: dict, kind: str, rng: random.Random) -> dict:
 
 def preference_pairs(n: int, seed: int = 0, kinds: tuple[str, ...] = KINDS, task: str = "arithmetic") -> list[dict]:
     """`n` pairs from the train split of `task` (rows need `a`, `op`, `b`); kinds cycle in order."""
-    from r1kit.tasks import get_task
-
     rows = get_task(task).dataset("train", n, seed)
     rng = random.Random(seed)
     return [make_pair(row, kinds[i % len(kinds)], rng) for i, row in enumerate(rows)]
 
 
 def write_pairs(path: str | Path, n: int, seed: int = 0) -> Path:
-    """Write `n` pairs as JSON lines to `path`; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        for row in preference_pairs(n, seed):
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return path
+    """Write `n` pairs as JSON lines to `path` (atomically); returns the path."""
+    return write_jsonl(Path(path), preference_pairs(n, seed))
