@@ -200,7 +200,14 @@ class Runtime:
     def all_reduce_grads(self, model: torch.nn.Module) -> None:
         """Average gradients over ranks (the data-parallel step); identity with one process and with
         fsdp2 (which reduce-scatters and averages gradients during backward)."""
-        if not self.distributed or self.strategy == "fsdp2":
+        if not self.distributed:
+            return
+        if self.strategy == "fsdp2":
+            from torch.distributed.fsdp import FSDPModule
+
+            if not isinstance(model, FSDPModule):  # each rank would silently train its own copy
+                raise RuntimeError("fsdp2: the model was not sharded; call Runtime.prepare_model (the trainer "
+                                   "skeleton's prepare_model) before training")
             return
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         bucket: list[torch.Tensor] = []
