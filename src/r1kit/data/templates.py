@@ -137,6 +137,15 @@ def template_help(*, extra: Mapping[str, str] | None = None, custom: bool = Fals
     return described(TEMPLATES, more + ([CUSTOM_TEMPLATE] if custom else []))
 
 
+def tokenize_prompts(prompts: Sequence, tokenizer, template: str = "r1_zero",
+                     system_prompt: str | None = None) -> tuple[list[str], list[list[int]]]:
+    """(rendered texts, token ids) of dataset prompts under `template`, as every command feeds them to a
+    rollout engine: a chat template writes its own special tokens; a plain-text template gets the
+    tokenizer's (e.g. BOS)."""
+    texts = [render_prompt(p, tokenizer, template, system_prompt) for p in prompts]
+    return texts, tokenizer(texts, add_special_tokens=template != "chat").input_ids
+
+
 def prompt_ends_with_think(text: str) -> bool:
     """True when the rendered prompt already opens a `<think>` block (R1-distill chat templates do).
 

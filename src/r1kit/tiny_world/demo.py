@@ -53,7 +53,7 @@ class DemoConfig:
 
 def run_demo(cfg: DemoConfig) -> Path:
     """Evaluate, train with GRPO, evaluate again; write summary.json and report.html."""
-    from r1kit.data.templates import render_prompt
+    from r1kit.data.templates import tokenize_prompts
     from r1kit.eval import evaluate
     from r1kit.models.loading import load_model_and_tokenizer
     from r1kit.rollout import make_engine
@@ -69,7 +69,7 @@ def run_demo(cfg: DemoConfig) -> Path:
     task = get_task(cfg.task)
     test_rows = task.dataset("test", cfg.eval_problems, seed=cfg.seed)
     model, tokenizer = load_model_and_tokenizer(cfg.model, dtype="float32")
-    test_ids = tokenizer([render_prompt(r["prompt"], tokenizer, "r1_zero") for r in test_rows]).input_ids
+    _, test_ids = tokenize_prompts([r["prompt"] for r in test_rows], tokenizer, "r1_zero")
 
     def held_out(engine, rows, ids, k):
         return evaluate(engine, ids, rows, task.score, extract_number, k=k, temperature=0.6, top_p=0.95,

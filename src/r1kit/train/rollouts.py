@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from r1kit.algo import zero_std_groups
 from r1kit.data.datasets import DataError, load_dataset_rows
-from r1kit.data.templates import is_conversation, render_prompt
+from r1kit.data.templates import is_conversation, tokenize_prompts
 from r1kit.rewards import RewardBatch, get_reward, score_completions
 from r1kit.rollout import Completion, SamplingParams
 from r1kit.train.sampler import PromptSampler
@@ -86,9 +86,7 @@ def load_prompts(cfg, tokenizer) -> PromptSet:
                            num_rows=cfg.dataset_num_rows, seed=cfg.seed)
     prompts = ds["prompt"]
     check_chat_template(cfg, tokenizer)
-    texts = [render_prompt(p, tokenizer, cfg.template, cfg.system_prompt) for p in prompts]
-    # The chat template writes its own special tokens; a plain string gets the tokenizer's (e.g. BOS).
-    prompt_ids = tokenizer(texts, add_special_tokens=cfg.template != "chat").input_ids
+    texts, prompt_ids = tokenize_prompts(prompts, tokenizer, cfg.template, cfg.system_prompt)
     too_long = [i for i, ids in enumerate(prompt_ids) if len(ids) > cfg.max_prompt_length]
     if too_long:
         i = too_long[0]
