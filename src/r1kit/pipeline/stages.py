@@ -153,17 +153,10 @@ def run_grpo(cfg, ctx: Ctx) -> dict:
     from r1kit.train.grpo import train
 
     train(cfg)
+    from r1kit.rewards import reward_names  # the names GRPO logs its rewards under
+
     return _last_metrics(cfg.output_dir, ("reward", "completions/mean_length", "completions/language_mixing_rate",
-                                          *(f"rewards/{n}/mean" for n in _reward_names(cfg.reward_funcs))))
-
-
-def _reward_names(specs: list[str]) -> list[str]:
-    from r1kit.train.sample import reward_names
-
-    try:
-        return reward_names(specs)
-    except Exception:  # noqa: BLE001 - only used to pick metric names for the summary
-        return [s for s in specs if s.isidentifier()]
+                                          *(f"rewards/{n}/mean" for n in reward_names(cfg.reward_funcs))))
 
 
 def run_sample(cfg, ctx: Ctx) -> dict:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "register_reward": "registry", "get_reward": "registry", "list_rewards": "registry",
+    "register_reward": "registry", "get_reward": "registry", "list_rewards": "registry", "reward_name": "registry",
     "completion_text": "text", "prompt_text": "text", "think_content": "text",
     "accuracy": "math", "extract_answer": "math", "extract_answer_lenient": "math",
     "last_boxed": "math",
@@ -23,7 +23,7 @@ _EXPORTS = {
     "language_reward": "language", "make_language_reward": "language",
     "language_mixing_rate": "language", "language_share": "language",
     "reflection_rate": "reflection", "has_reflection": "reflection",
-    "RewardBatch": "runner", "score_completions": "runner", "reward_metrics": "runner",
+    "RewardBatch": "runner", "score_completions": "runner", "reward_metrics": "runner", "reward_names": "runner",
 }
 
 __all__ = sorted(_EXPORTS)

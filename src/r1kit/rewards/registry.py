@@ -1,4 +1,5 @@
-"""Reward registry: ``@register_reward(name)``, ``get_reward(name_or_import_path)``, ``list_rewards()``."""
+"""Reward registry: ``@register_reward(name)``, ``get_reward(name_or_import_path)``, ``list_rewards()``,
+``reward_name(spec)`` (the metric name a spec is logged under)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ _REGISTRY: dict[str, RewardFn] = {}
 _BUILTIN_MODULES = ("r1kit.rewards.math", "r1kit.rewards.format", "r1kit.rewards.language", "r1kit.rewards.code",
                     "r1kit.rewards.task")
 _builtins_loaded = False
-# "prefix:spec" names built by a factory, once per spec string: rm:PATH?segment=answer (reward models)
-PREFIX_FACTORIES = {"rm": "r1kit.rewards.reward_model:reward_from_spec"}
+# "prefix:spec" names built by a factory, once per spec string: rm:PATH?segment=answer (reward models).
+# prefix -> module with `reward_from_spec(rest)` (the reward) and `spec_name(rest)` (its metric name)
+PREFIX_FACTORIES = {"rm": "r1kit.rewards.reward_model"}
 _BUILT: dict[str, RewardFn] = {}
 
 
@@ -82,7 +84,7 @@ def get_reward(name: str | RewardFn) -> RewardFn:
     prefix, sep, rest = name.strip().partition(":")
     if sep and prefix in PREFIX_FACTORIES:
         if name.strip() not in _BUILT:
-            _BUILT[name.strip()] = _import_path(PREFIX_FACTORIES[prefix])(rest)
+            _BUILT[name.strip()] = importlib.import_module(PREFIX_FACTORIES[prefix]).reward_from_spec(rest)
         return _BUILT[name.strip()]
     _ensure_builtins()
     fn = _REGISTRY.get(name.strip())
@@ -96,3 +98,15 @@ def get_reward(name: str | RewardFn) -> RewardFn:
             f"'pkg.module:func' path. Known rewards: {', '.join(sorted(_REGISTRY))}"
         )
     return fn
+
+
+def reward_name(spec: str | RewardFn) -> str:
+    """The name a reward is logged under: a registry name as given; an import path ``pkg.mod:fn`` -> ``fn``;
+    a ``PREFIX_FACTORIES`` spec -> its module's ``spec_name`` (``rm:PATH?segment=full`` -> ``rm_full``); a
+    callable's ``__name__``."""
+    if isinstance(spec, str):
+        prefix, sep, rest = spec.strip().partition(":")
+        if sep and prefix in PREFIX_FACTORIES:
+            return importlib.import_module(PREFIX_FACTORIES[prefix]).spec_name(rest)
+        return spec.strip().replace(":", ".").rsplit(".", 1)[-1]
+    return getattr(spec, "__name__", None) or type(spec).__name__

@@ -185,13 +185,24 @@ def make_reward_model_reward(path: str, segment: str | None = "answer", batch_si
 _OPTIONS = {"segment": str, "batch_size": int, "max_length": int, "device": str, "template": str, "dtype": str}
 
 
+def _parse_spec(rest: str) -> tuple[str, list[tuple[str, str]]]:
+    """`PATH?key=value&...` (what follows `rm:`) -> (PATH, [(key, value), ...]) as written."""
+    path, _, query = rest.partition("?")
+    return path, parse_qsl(query, keep_blank_values=True)
+
+
+def spec_name(rest: str) -> str:
+    """The metric name of `rm:PATH?segment=SEG` (`rest` is what follows `rm:`): `rm_SEG` (default rm_answer)."""
+    return f"rm_{dict(_parse_spec(rest)[1]).get('segment', 'answer')}"
+
+
 def reward_from_spec(rest: str) -> RewardModelReward:
     """`get_reward` hook for `rm:PATH?key=value&...` (`rest` is what follows `rm:`)."""
-    path, _, query = rest.partition("?")
+    path, pairs = _parse_spec(rest)
     if not path.strip():
         raise ValueError(f"reward 'rm:{rest}': no model path; use rm:PATH?segment=answer")
     options = {}
-    for key, value in parse_qsl(query, keep_blank_values=True):
+    for key, value in pairs:
         if key not in _OPTIONS:
             raise ValueError(f"reward 'rm:{rest}': unknown option {key!r}; known: {sorted(_OPTIONS)}")
         try:

@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from r1kit.rewards.registry import get_reward
+from r1kit.rewards.registry import get_reward, reward_name
 
 logger = logging.getLogger("r1kit.rewards")
 
@@ -43,17 +43,6 @@ class RewardBatch:
         return RewardBatch(self.per_func[index], self.total[index], self.names, dict(self.errors))
 
 
-def _default_name(spec: Any) -> str:
-    """A registry name as given; an import path ``pkg.mod:fn`` → ``fn``; a callable's ``__name__``."""
-    if isinstance(spec, str) and spec.strip().startswith("rm:"):  # rm:PATH?segment=full -> rm_full
-        query = spec.partition("?")[2]
-        segment = dict(p.partition("=")[::2] for p in query.split("&") if p).get("segment", "answer")
-        return f"rm_{segment}"
-    if isinstance(spec, str):
-        return spec.strip().replace(":", ".").rsplit(".", 1)[-1]
-    return getattr(spec, "__name__", None) or type(spec).__name__
-
-
 def _unique(names: list[str]) -> list[str]:
     seen: dict[str, int] = {}
     out = []
@@ -61,6 +50,12 @@ def _unique(names: list[str]) -> list[str]:
         seen[name] = seen.get(name, 0) + 1
         out.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
     return out
+
+
+def reward_names(funcs: Sequence[Callable | str]) -> list[str]:
+    """The names `score_completions` reports `funcs` under by default: `registry.reward_name` of each
+    (``rm:PATH?segment=full`` -> ``rm_full``), duplicates numbered ``_2``, ``_3``..."""
+    return _unique([reward_name(f) for f in funcs])
 
 
 def _as_float(value: Any) -> tuple[float, str | None]:
@@ -215,7 +210,7 @@ def score_completions(
     weights = [1.0] * n_f if weights is None else [float(w) for w in weights]
     if len(weights) != n_f:
         raise ValueError(f"{len(weights)} weights for {n_f} reward functions")
-    names = _unique(list(names) if names is not None else [_default_name(f) for f in funcs])
+    names = _unique(list(names)) if names is not None else reward_names(funcs)
     if len(names) != n_f:
         raise ValueError(f"{len(names)} names for {n_f} reward functions")
     columns = dict(columns or {})
