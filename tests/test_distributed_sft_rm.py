@@ -1,5 +1,5 @@
 """Data parallel SFT and reward-model training: 2 gloo processes == 1 process with the doubled micro-batch,
-under DDP and FSDP2, with and without LoRA (SFT), as tests/test_distributed.py checks GRPO.
+under DDP and FSDP2, with and without LoRA, as tests/test_distributed.py checks GRPO.
 
 Why they can match: rank r takes `PromptSampler(rank=r, world=2)`'s share perm[r::2] of each epoch's
 permutation, so at every step the two ranks' rows together are exactly the single process's rows.
@@ -98,6 +98,9 @@ def test_sft_and_rm_two_processes_equal_one(tmp_path):
                            sft_cfg(tmp_path / "sft_lora_fsdp2", str(data), 4, distributed_strategy="fsdp2", **lora)),
         "rm_ddp": ("rm", rm_cfg(tmp_path / "rm_1", 8), rm_cfg(tmp_path / "rm_ddp", 4, distributed_strategy="ddp")),
         "rm_fsdp2": ("rm", None, rm_cfg(tmp_path / "rm_fsdp2", 4, distributed_strategy="fsdp2")),
+        "rm_lora_ddp": ("rm", rm_cfg(tmp_path / "rm_lora_1", 8, **lora),
+                        rm_cfg(tmp_path / "rm_lora_ddp", 4, distributed_strategy="ddp", **lora)),
+        "rm_lora_fsdp2": ("rm", None, rm_cfg(tmp_path / "rm_lora_fsdp2", 4, distributed_strategy="fsdp2", **lora)),
     }
     for kind, single, _ in cases.values():
         if single is not None:
@@ -110,7 +113,12 @@ def test_sft_and_rm_two_processes_equal_one(tmp_path):
 
     start = build_tiny()[0].state_dict()
     assert any(not torch.equal(start[k], v) for k, v in init.items() if k in start), "SFT changed nothing"
+    # the LoRA reward model is saved merged: a plain sequence-classification folder, like the full one
+    lora_rm = load_file(str(tmp_path / "rm_lora_1" / "model.safetensors"))
+    assert lora_rm.keys() == load_file(str(tmp_path / "rm_1" / "model.safetensors")).keys()
+    assert "score.weight" in lora_rm and not any("lora" in k for k in lora_rm)
     for name, reference, keys in (("sft_ddp", "sft_1", SFT_KEYS), ("sft_fsdp2", "sft_1", SFT_KEYS),
                                   ("sft_lora_ddp", "sft_lora_1", SFT_KEYS), ("sft_lora_fsdp2", "sft_lora_1", SFT_KEYS),
-                                  ("rm_ddp", "rm_1", RM_KEYS), ("rm_fsdp2", "rm_1", RM_KEYS)):
+                                  ("rm_ddp", "rm_1", RM_KEYS), ("rm_fsdp2", "rm_1", RM_KEYS),
+                                  ("rm_lora_ddp", "rm_lora_1", RM_KEYS), ("rm_lora_fsdp2", "rm_lora_1", RM_KEYS)):
         assert_same_run(tmp_path / reference, tmp_path / name, keys)

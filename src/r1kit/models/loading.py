@@ -140,8 +140,9 @@ def _set_padding(model, tokenizer) -> None:
         model.config.pad_token_id = tokenizer.pad_token_id
 
 
-def lora_config(lora: Any):
-    """A peft `LoraConfig` (task CAUSAL_LM) from a dict with r, alpha, dropout, target_modules."""
+def lora_config(lora: Any, task_type: str = "CAUSAL_LM"):
+    """A peft `LoraConfig` from a dict with r, alpha, dropout, target_modules. `task_type` SEQ_CLS (a
+    reward model) also trains and saves the new score head in full."""
     from peft import LoraConfig
 
     if isinstance(lora, LoraConfig):
@@ -155,7 +156,7 @@ def lora_config(lora: Any):
             raise ModelLoadError(f"unknown lora option {key!r}; known: {list(LORA_DEFAULTS)}")
         options[key] = value
     return LoraConfig(
-        task_type="CAUSAL_LM",
+        task_type=task_type,
         r=int(options["r"]),
         lora_alpha=options["alpha"],
         lora_dropout=float(options["dropout"]),

@@ -19,11 +19,7 @@ def need(cfg, cond: bool, name: str, msg: str) -> None:
 
 
 @dataclass
-class ModelArgs:
-    model_name_or_path: str = field("r1kit:tiny", help="Local folder, hub id, a .gguf file, r1kit:tiny-base (the shipped "
-                                                       "tiny-world model) or r1kit:tiny (a random model built locally).")
-    tokenizer_name_or_path: str | None = field(None, help="Tokenizer to use when it differs from the model's.")
-    dtype: str = field("auto", help="auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16 or float16.")
+class LoraArgs:
     lora_r: int = field(0, help="LoRA rank; 0 trains all weights.")
     lora_alpha: int = field(16, help="LoRA alpha.")
     lora_dropout: float = field(0.0, help="LoRA dropout.")
@@ -38,6 +34,14 @@ class ModelArgs:
             return None
         return dict(r=self.lora_r, alpha=self.lora_alpha, dropout=self.lora_dropout,
                     target_modules=self.lora_target_modules or "all-linear")
+
+
+@dataclass
+class ModelArgs(LoraArgs):
+    model_name_or_path: str = field("r1kit:tiny", help="Local folder, hub id, a .gguf file, r1kit:tiny-base (the shipped "
+                                                       "tiny-world model) or r1kit:tiny (a random model built locally).")
+    tokenizer_name_or_path: str | None = field(None, help="Tokenizer to use when it differs from the model's.")
+    dtype: str = field("auto", help="auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16 or float16.")
 
 
 @dataclass

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from r1kit.data.datasets import DataError
-from r1kit.models.loading import TINY_PREFIX, load_model_and_tokenizer, save_model
+from r1kit.models.loading import TINY_PREFIX, load_model_and_tokenizer, lora_config, save_model
 from r1kit.rewards.reward_model import (META_FILE, load_reward_model, prepare_reward_tokenizer, resolve_template,
                                         rm_text, segment_text)
 from r1kit.train.rm_config import RMConfig
@@ -43,7 +43,7 @@ DEFAULT_PAIRS = 2000
 def train(cfg: RMConfig) -> Path:
     """Train a reward model as `cfg` says; returns the output folder holding it."""
     run = TrainRun(cfg, "rm", also_resumable=frozenset({"eval_steps"}))
-    model, tokenizer = load_backbone(cfg.model_name_or_path, cfg.dtype, run.rt)
+    model, tokenizer = load_backbone(cfg.model_name_or_path, cfg.dtype, run.rt, cfg.lora())
     prepare_reward_tokenizer(model, tokenizer, cfg.max_length)
     model = run.prepare_model(model)
     template = resolve_template(cfg.template, tokenizer)
@@ -92,10 +92,20 @@ def train(cfg: RMConfig) -> Path:
 # ---- the pieces the loop calls ----------------------------------------------------------------
 
 
-def load_backbone(name: str, dtype: str, rt: Runtime):
+def load_backbone(name: str, dtype: str, rt: Runtime, lora: dict | None = None):
     """(one-output sequence-classification model, tokenizer) on `rt.device` from a causal-LM folder, hub id
-    or r1kit:tiny. The score head is new (randomly initialised) unless the folder already holds a reward
-    model; data parallel runs make it rank 0's (`TrainRun.prepare_model`)."""
+    or r1kit:tiny; with `lora`, LoRA adapters on the backbone and the score head trained in full. The
+    score head is new (randomly initialised) unless the folder already holds a reward model; data parallel
+    runs make it rank 0's (`TrainRun.prepare_model`)."""
+    model, tokenizer = _load_score_model(name, dtype, rt)
+    if lora is not None:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, lora_config(lora, task_type="SEQ_CLS"))
+    return model, tokenizer
+
+
+def _load_score_model(name: str, dtype: str, rt: Runtime):
     device = str(rt.device)
     if dtype == "auto":
         dtype = "float32" if device == "cpu" else "bfloat16"

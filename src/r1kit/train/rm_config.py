@@ -6,12 +6,12 @@ from dataclasses import dataclass
 
 from r1kit.config import field, one_of
 from r1kit.rewards.reward_model import SEGMENTS, TEMPLATES
-from r1kit.train.common_config import TrainingArgs
+from r1kit.train.common_config import LoraArgs, TrainingArgs
 from r1kit.train.common_config import need as common_need
 
 
 @dataclass
-class RMConfig(TrainingArgs):
+class RMConfig(TrainingArgs, LoraArgs):
     # ---- model ----
     model_name_or_path: str = field("r1kit:tiny", help="A causal-LM (or sequence-classification) folder, hub id, or "
                                                        "r1kit:tiny; a one-output score head is added on top.")
@@ -39,6 +39,7 @@ class RMConfig(TrainingArgs):
 
     def __post_init__(self):
         TrainingArgs.__post_init__(self)
+        LoraArgs.__post_init__(self)
 
         def need(cond: bool, name: str, msg: str):
             common_need(self, cond, name, msg)
