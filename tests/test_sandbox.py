@@ -14,7 +14,8 @@ from r1kit.sandbox import (
     Limits, Probe, Sandbox, SandboxUnavailableError, Verdict, find_sandbox_processes,
     isolation_level, probe, require_isolation, sandbox_stats,
 )
-from r1kit.sandbox import _seccomp, core
+from r1kit.sandbox import _seccomp
+from r1kit.sandbox import isolation
 from r1kit.sandbox.cases import (
     TestCase, normalize_output, outputs_match, parse_verification_info, run_tests, values_match,
 )
@@ -29,13 +30,13 @@ def fence(code: str) -> str:
 @pytest.fixture
 def forced_probe():
     """Temporarily replace the cached probe result."""
-    saved = core._PROBE
+    saved = isolation._PROBE
 
     def force(pb: Probe) -> None:
-        core._PROBE = pb
+        isolation._PROBE = pb
 
     yield force
-    core._PROBE = saved
+    isolation._PROBE = saved
 
 
 # ------------------------------------------------------------------ extraction and parsing
@@ -112,8 +113,7 @@ def test_isolation_level_is_probed_and_reported():
     assert probe() is pb  # cached
 
 
-def test_refuses_without_sandbox_unless_allowed(forced_probe, monkeypatch):
-    monkeypatch.delenv("R1KIT_ALLOW_UNSANDBOXED", raising=False)
+def test_refuses_without_sandbox_unless_allowed(forced_probe):
     forced_probe(Probe("rlimits", notes=["simulated: no bwrap"]))
     with pytest.raises(SandboxUnavailableError, match="allow_unsandboxed"):
         require_isolation(False)
@@ -128,10 +128,9 @@ def test_refuses_without_sandbox_unless_allowed(forced_probe, monkeypatch):
         require_isolation(True)
 
 
-def test_rlimits_level_runs_and_cleans_up(forced_probe, monkeypatch):
+def test_rlimits_level_runs_and_cleans_up(forced_probe):
     """The fallback path (no bwrap): allowed explicitly, still kills a detached grandchild."""
-    monkeypatch.setenv("R1KIT_SANDBOX_NO_BWRAP", "1")
-    pb = core._probe_uncached()
+    pb = isolation.probe_uncached(use_bwrap=False)
     if pb.level != "rlimits":
         pytest.skip(f"rlimits fallback unavailable: {pb.notes}")
     forced_probe(pb)
@@ -287,7 +286,7 @@ def test_bubblewrap_works_when_python_lives_under_tmp(tmp_path):
 
     venv = tmp_path / "venv"  # pytest's tmp_path lives under /tmp
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    src = str(Path(core.__file__).resolve().parents[2])
+    src = str(Path(isolation.__file__).resolve().parents[2])
     out = subprocess.run([str(venv / "bin" / "python"), "-c", "from r1kit.sandbox import probe; print(probe().level)"],
                          env={**os.environ, "PYTHONPATH": src}, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip().startswith("bwrap"), out.stdout + out.stderr

@@ -46,9 +46,8 @@ def sb():
 
 
 @pytest.fixture
-def strict_sb(monkeypatch):
+def strict_sb():
     """A sandbox that does NOT allow unsandboxed runs. Without bwrap: assert the refusal, skip."""
-    monkeypatch.delenv("R1KIT_ALLOW_UNSANDBOXED", raising=False)
     s = Sandbox(LIMITS, allow_unsandboxed=False)
     if not BWRAP:
         with pytest.raises(SandboxUnavailableError):

@@ -28,7 +28,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .core import RunResult, Sandbox, Verdict
+from .base import RunResult, Verdict
+from .runner import Sandbox
 
 
 @dataclass
