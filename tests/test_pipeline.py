@@ -159,6 +159,27 @@ def test_config_errors_name_the_stage_and_key(tmp_path, capsys):
     assert "stages.rs_sft: unknown key 'epochs' for SFTConfig" in capsys.readouterr().err
 
 
+def test_stages_declare_what_they_read(tmp_path):
+    """Dependencies, base-model reads and wired keys follow from each stage's declared inputs; every input is
+    an earlier stage; a `{stage}` placeholder in defaults or the recipe is that input's model folder."""
+    from r1kit.pipeline import build_configs, plan_stages
+    from r1kit.pipeline.stages import BY_NAME, STAGES, Ctx
+
+    for i, stage in enumerate(STAGES):
+        assert all(STAGE_NAMES.index(d) < i for d in stage.deps), stage.name
+    assert BY_NAME["rs_sft"].deps == ("rejection_sampling", "non_reasoning_data") and BY_NAME["rs_sft"].from_base
+    assert BY_NAME["all_scenarios_rl"].deps == ("rs_sft", "reward_model") and not BY_NAME["all_scenarios_rl"].from_base
+    assert BY_NAME["student_init"].deps == () and BY_NAME["student_init"].from_base
+    cfg = from_dict(PipelineConfig, recipe(tmp_path, distill_data={"reward_funcs": ["task_accuracy", "rm:{rs_sft}"]}))
+    ctx = Ctx(cfg, tmp_path)
+    configs = build_configs(cfg, ctx, plan_stages(cfg))
+    assert configs["all_scenarios_rl"].reward_funcs[2] == f"rm:{tmp_path}/reward_model/model?segment=answer"
+    assert configs["distill_data"].reward_funcs[1] == "rm:{rs_sft}"  # not an input of distill_data: left as is
+    assert configs["rs_sft"].dataset_name == str(tmp_path / "rs_sft" / "data" / "train.jsonl")
+    assert configs["rejection_sampling"].output_dir == str(tmp_path / "rejection_sampling" / "data")
+    assert configs["cold_start"].resume_from_checkpoint is None
+
+
 def test_cold_start_and_non_reasoning_data():
     from r1kit.rewards.format import is_r1_format
     from r1kit.rewards.language import language_mixing_rate

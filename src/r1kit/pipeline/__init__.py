@@ -47,7 +47,7 @@ from r1kit.config import ConfigError, from_dict, to_dict
 from r1kit.pipeline.config import PipelineConfig, StudentConfig
 from r1kit.pipeline.manifest import (digest_of, hash_files, json_sha256, model_digest, normalize_paths,
                                      outputs_intact, read_manifest, write_manifest)
-from r1kit.pipeline.stages import BY_NAME, STAGE_NAMES, STAGES, Ctx, Stage, eval_defaults
+from r1kit.pipeline.stages import BASE, BY_NAME, STAGE_NAMES, STAGES, Ctx, Stage, eval_defaults
 from r1kit.utils.io import finite_or_none, write_text_atomic
 
 __all__ = ["PipelineConfig", "StudentConfig", "run_pipeline", "build_configs", "plan_stages", "STAGE_NAMES"]
@@ -87,25 +87,33 @@ def build_configs(cfg: PipelineConfig, ctx: Ctx, plan: list[Stage]) -> dict:
     for stage in plan:
         over = dict(cfg.stages.get(stage.name) or {})
         source = f"stages.{stage.name}"
-        if stage.cls is None:
+        if stage.config is None:
             if over:
                 raise ConfigError(f"{source}: this stage takes no settings, got {sorted(over)}")
             configs[stage.name] = None
             continue
-        wired = stage.wired(ctx)
+        wired = ctx.wired(stage)
         clash = sorted(k for k in over if k in wired)
         if clash:
             raise ConfigError(f"{source}: '{clash[0]}' is set by the pipeline for this stage ({wired[clash[0]]!r}); "
                               f"remove it from the recipe")
-        if "reward_model" in stage.deps:
-            over = {k: ([v.replace("{reward_model}", ctx.model("reward_model")) if isinstance(v, str) else v
-                         for v in val] if isinstance(val, list) else val) for k, val in over.items()}
-        data = {**stage.defaults(ctx), **over, **wired}
-        names = {f.name for f in dataclasses.fields(stage.cls)}
+        data = {**_fill_inputs(stage.defaults(ctx), stage, ctx), **_fill_inputs(over, stage, ctx), **wired}
+        names = {f.name for f in dataclasses.fields(stage.config)}
         # a default the class does not have (never for the shipped classes) is dropped, not an error
         data = {k: v for k, v in data.items() if k in names or k in over}
-        configs[stage.name] = from_dict(stage.cls, data, source)
+        configs[stage.name] = from_dict(stage.config, data, source)
     return configs
+
+
+def _fill_inputs(settings: dict, stage: Stage, ctx: Ctx) -> dict:
+    """`{dep}` in the strings of list values (e.g. `rm:{reward_model}?segment=answer` in reward_funcs) -> the
+    model folder of `dep`, for each stage `stage` reads from."""
+    def fill(v):
+        for dep in stage.deps:
+            v = v.replace("{" + dep + "}", ctx.model(dep)) if isinstance(v, str) else v
+        return v
+
+    return {k: [fill(v) for v in val] if isinstance(val, list) else val for k, val in settings.items()}
 
 
 def eval_config(cfg: PipelineConfig, ctx: Ctx, stage: str):
@@ -185,20 +193,20 @@ def _run_stage(stage: Stage, scfg, ctx: Ctx, digests: dict, base_digest: str | N
         log.info("pipeline: running %s (%s)", stage.name, stage.title)
         t0 = time.perf_counter()
         try:
-            metrics = stage.run(scfg, ctx)
+            metrics = stage.run(scfg, ctx.for_stage(stage))
         except BaseException as e:
             m.update(status="failed", error=repr(e), wall_s=round(time.perf_counter() - t0, 2))
             write_manifest(sdir, m)
             raise
         outputs = hash_files(stage.outputs(sdir), sdir)
-        out_digest = digest_of(outputs) if outputs else base_digest if stage.name == "base" else input_sha
+        out_digest = digest_of(outputs) if outputs else base_digest if stage.name == BASE else input_sha
         m.update(status="done", outputs=outputs, output_sha256=out_digest, metrics=finite_or_none(metrics),
                  wall_s=round(time.perf_counter() - t0, 2), finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
         write_manifest(sdir, m)
     digests[stage.name] = m["output_sha256"]
 
     record = {"stage": stage.name, "title": stage.title, "status": "skipped" if skipped else "ran",
-              "skipped": skipped, "output": ctx.model(stage.name) if stage.evaluated or stage.name == "reward_model"
+              "skipped": skipped, "output": ctx.model(stage.name) if stage.model or stage.evaluated
               else str(sdir / "data"), "wall_s": m.get("wall_s"), "metrics": m.get("metrics", {}),
               "eval": None, "eval_skipped": None}
     if stage.evaluated and ctx.cfg.evaluate:

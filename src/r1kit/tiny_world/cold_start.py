@@ -13,6 +13,8 @@
   (`<think> </think> <answer> Hello! ... </answer>`, the paper gives no CoT for simple queries).
 
 Both return `prompt`/`completion` rows that `r1kit sft` reads (with `template: r1_zero`, as GRPO uses).
+`cold_start_data` and `non_reasoning_data` are the same as the pipeline's data generators:
+`(config, task) -> (rows, summary)`.
 """
 
 from __future__ import annotations
@@ -112,6 +114,12 @@ def cold_start_rows(cfg: ColdStartDataConfig, task: str = "arithmetic") -> tuple
     return rows, stats
 
 
+def cold_start_data(cfg: ColdStartDataConfig, task: str) -> tuple[list[dict], dict]:
+    """The pipeline's cold-start data: (rows, their counts and the share with a self-check)."""
+    rows, stats = cold_start_rows(cfg, task=task)
+    return rows, {**stats, "self_check_share": sum(r["self_check"] for r in rows) / len(rows)}
+
+
 # ---- non-reasoning data ------------------------------------------------------------------------
 
 _ONES = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen " \
@@ -175,3 +183,9 @@ def non_reasoning_rows(cfg: NonReasoningDataConfig) -> list[dict]:
         seen.add((prompt, reply))
         rows.append({"prompt": prompt, "completion": f"<think> </think> <answer> {reply} </answer>", "kind": kind})
     return rows
+
+
+def non_reasoning_data(cfg: NonReasoningDataConfig, task: str) -> tuple[list[dict], dict]:
+    """The pipeline's non-reasoning data: (rows, their count); the same whatever the task."""
+    rows = non_reasoning_rows(cfg)
+    return rows, {"rows": len(rows)}
