@@ -36,7 +36,7 @@ from pathlib import Path
 
 from r1kit.config import field, to_dict
 from r1kit.data.templates import is_conversation, is_template, render_prompt, template_choices, template_help
-from r1kit.utils.io import write_jsonl
+from r1kit.utils.io import finite_or_none, write_jsonl
 
 log = logging.getLogger("r1kit.sample")
 
@@ -332,8 +332,8 @@ def run_sample(cfg: SampleConfig, engine=None) -> Path:
                 "prompt_id": str(columns["id"][r]) if "id" in columns else f"{cfg.dataset_name}:{cfg.dataset_split}:{r}",
                 "row_index": r, "sample_index": j, **provenance,
                 "sampling": dict(sampling_record, seed=sampling.seed),
-                "rewards": {n: (None if math.isnan(v) else v) for n, v in zip(names, per_func[i])},
-                "reward_total": None if math.isnan(float(rb.total[i])) else float(rb.total[i]),
+                "rewards": {n: finite_or_none(v) for n, v in zip(names, per_func[i])},
+                "reward_total": finite_or_none(float(rb.total[i])),
                 "filters": verdicts, "finish_reason": c.finish_reason, "num_tokens": len(c.completion_ids),
             }
             if reason is None:
