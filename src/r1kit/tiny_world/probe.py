@@ -15,14 +15,10 @@ import json
 import re
 import time
 
-R1_ZERO = (
-    "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
-    "The assistant first thinks about the reasoning process in the mind and then provides the user with "
-    "the answer. The reasoning process and answer are enclosed within <think> </think> and <answer> "
-    "</answer> tags, respectively, i.e., <think> reasoning process here </think> <answer> answer here "
-    "</answer>. User: {prompt}. Assistant:"
-)
+from r1kit.data.templates import render_prompt
 
+# the probe's own (older, word-bounded) reflection phrases: its numbers in assets/tiny-base/probe.json were
+# measured with them; training and evaluation use r1kit.rewards.reflection
 REFLECTION_RE = re.compile(r"\b(wait|let me check|double-check|check again|re-check|recheck)\b|проверим|подожди",
                            re.IGNORECASE)
 CYRILLIC_RE = re.compile(r"[\u0400-\u04FF]")
@@ -31,10 +27,6 @@ CYRILLIC_RE = re.compile(r"[\u0400-\u04FF]")
 def is_worked(text: str) -> bool:
     """A completion counts as worked (step-by-step) when it writes at least two equations."""
     return text.count("=") >= 2
-
-
-def render_r1_zero(prompt: str) -> str:
-    return R1_ZERO.format(prompt=prompt)
 
 
 def sample_completions(model, tokenizer, prompts: list[str], k: int, max_new_tokens: int, temperature: float,
@@ -86,7 +78,7 @@ def measure_base_model(model_path: str | None = None, task: str = "arithmetic", 
     model.eval()
     t = get_task(task, **(task_kwargs or {}))
     rows = t.dataset("test", n, seed=seed)
-    prompts = [render_r1_zero(r["prompt"]) for r in rows]
+    prompts = [render_prompt(r["prompt"], None, "r1_zero") for r in rows]
     t0 = time.time()
     comps = sample_completions(model, tok, prompts, k, max_new_tokens, temperature, top_p, seed)
     secs = time.time() - t0
