@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from r1kit.config import field
+from r1kit.config import field, one_of
+from r1kit.train.tracking import KNOWN_TRACKERS
 from r1kit.utils.dist import STRATEGIES
 
 
@@ -61,15 +62,15 @@ class TrainingArgs:
     gradient_checkpointing: bool = field(False, help="Recompute each decoder layer's activations in backward instead "
                                                      "of storing them: much less memory for about one extra forward.")
     seed: int = field(42, help="Seed for data order, sampling and initialisation.")
-    distributed_strategy: str = field("auto", help="Multi-process data parallel: ddp, fsdp2, or auto (fsdp2 when "
-                                                   "accelerate launch says FSDP/ZeRO-2/3, else ddp).")
+    distributed_strategy: str = field("auto", help=f"Multi-process data parallel: {one_of(STRATEGIES)} (auto: fsdp2 "
+                                                   "when accelerate launch says FSDP/ZeRO-2/3, else ddp).")
 
     # ---- outputs ----
     output_dir: str = field("outputs/run", help="Where metrics, checkpoints and the final model go.")
     save_steps: int = field(100, help="Checkpoint every this many steps (0 = only at the end).")
     save_total_limit: int | None = field(None, help="Keep only this many checkpoints.")
     logging_steps: int = field(10, help="Log metrics every this many steps.")
-    report_to: list[str] = field(["none"], help="none, tensorboard, wandb or trackio.")
+    report_to: list[str] = field(["none"], help=f"{one_of(KNOWN_TRACKERS)}.")
     resume_from_checkpoint: str | None = field(None, help="A checkpoint folder, or true for the latest in output_dir.")
     disable_tqdm: bool = field(False, help="Hide the progress bar.")
 
@@ -84,6 +85,7 @@ class TrainingArgs:
         need(self, self.save_steps >= 0, "save_steps", "must be >= 0")
         need(self, self.save_total_limit is None or self.save_total_limit >= 1, "save_total_limit", "must be >= 1")
         need(self, self.distributed_strategy in STRATEGIES, "distributed_strategy", f"must be one of {list(STRATEGIES)}")
+        need(self, set(self.report_to) <= set(KNOWN_TRACKERS), "report_to", f"must list trackers of {list(KNOWN_TRACKERS)}")
 
     @property
     def batch_size(self) -> int:

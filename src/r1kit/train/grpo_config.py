@@ -63,7 +63,6 @@ class GRPOConfig(TrainingArgs, ModelArgs):
     output_dir: str = field("outputs/grpo", help="Where metrics, completions, checkpoints and the model go.")
     logging_steps: int = field(1, help="Log metrics every this many steps.")
     log_completions: bool = field(True, help="Write prompts, completions, rewards and advantages per step.")
-    distributed_strategy: str = field("auto", help="Multi-process data parallel: ddp, fsdp2, or auto (fsdp2 when accelerate launch says FSDP/ZeRO-2/3, else ddp).")
 
     def __post_init__(self):
         ModelArgs.__post_init__(self)
@@ -79,7 +78,6 @@ class GRPOConfig(TrainingArgs, ModelArgs):
         need(self.kl_estimator in KL_ESTIMATORS, "kl_estimator", f"must be {one_of(KL_ESTIMATORS)}")
         need(is_template(self.template), "template", f"must be {template_choices()}")
         need(self.num_generations >= 1, "num_generations", "must be >= 1")
-        need(self.distributed_strategy in ("auto", "ddp", "fsdp2"), "distributed_strategy", "must be auto, ddp or fsdp2")
         need(self.num_iterations >= 1, "num_iterations", "must be >= 1")
         need(self.max_completion_length >= 1, "max_completion_length", "must be >= 1")
         need(self.max_prompt_length >= 1, "max_prompt_length", "must be >= 1")
