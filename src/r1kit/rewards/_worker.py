@@ -12,6 +12,11 @@ A :func:`session` loads one function and one batch into the worker once; its cal
 whole batch or a single row of it (``row=i``: every per-row argument sliced to ``[i:i+1]``), each
 under its own deadline. After a restart the session reloads the new worker by itself.
 
+The run's sandbox policy (``r1kit.sandbox.sandbox_policy``: may code rewards run without
+bubblewrap?) is a context variable of the trainer, which a separate process cannot see: the
+session reads it when it is opened and sends it with the batch, and the worker runs each call of
+that batch inside the same policy (and nothing else: the next batch brings its own).
+
 This module imports nothing heavy, so the worker starts fast; the deadline covers only the call
 itself, not the worker's start nor the import of the function's module. The worker runs in its own
 process group with one torch/OpenMP thread (it shares the trainer's cores), and exits when the
@@ -30,6 +35,8 @@ import sys
 import threading
 import time
 import traceback
+
+from r1kit.sandbox.policy import sandbox_policy, unsandboxed_allowed
 
 STARTUP_TIMEOUT_S = 120.0  # start-up and import of the function's module (not the deadline)
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -73,14 +80,16 @@ def _watch_parent(parent: int) -> None:
 
 
 def _serve(conn, parent: int) -> None:
-    """Worker main loop: ("load", (fn_bytes, args_bytes)) → remember them; ("call", row) → run the
-    whole batch (row None) or row ``row``; every message gets one reply."""
+    """Worker main loop: ("load", (fn_bytes, args_bytes, allow_unsandboxed)) → remember them;
+    ("call", row) → run the whole batch (row None) or row ``row`` under that sandbox policy; every
+    message gets one reply."""
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)  # own process group: a kill reaches whatever the reward started
     for var in _THREAD_VARS:
         os.environ[var] = "1"
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="r1kit-parent-watch").start()
     fn = args = None
+    allow_unsandboxed = False
     conn.send(("ready", None))
     while True:
         try:
@@ -91,7 +100,7 @@ def _serve(conn, parent: int) -> None:
             return
         try:
             if kind == "load":
-                fn_bytes, args_bytes = payload
+                fn_bytes, args_bytes, allow_unsandboxed = payload
                 fn, args = pickle.loads(fn_bytes), pickle.loads(args_bytes)
                 _one_thread()
                 reply = ("ok", None)
@@ -99,7 +108,8 @@ def _serve(conn, parent: int) -> None:
                 prompts, completions, columns = args
                 if payload is not None:
                     prompts, completions, columns = row_args(prompts, completions, columns, len(completions), payload)
-                out = fn(prompts, completions, **columns)
+                with sandbox_policy(allow_unsandboxed):
+                    out = fn(prompts, completions, **columns)
                 _one_thread()
                 if hasattr(out, "tolist"):
                     out = out.tolist()
@@ -174,8 +184,8 @@ class NotPicklable(Exception):
 class Session:
     """One function and one batch in the worker; see :func:`session`."""
 
-    def __init__(self, fn_bytes: bytes, args_bytes: bytes):
-        self._load = ("load", (fn_bytes, args_bytes))
+    def __init__(self, fn_bytes: bytes, args_bytes: bytes, allow_unsandboxed: bool = False):
+        self._load = ("load", (fn_bytes, args_bytes, bool(allow_unsandboxed)))
         self.restarts = 0  # workers started for this session after a kill
 
     def call(self, deadline_s: float, row: int | None = None):
@@ -232,7 +242,7 @@ def session(fn, prompts, completions, columns: dict):
     except Exception as exc:
         raise NotPicklable(f"cannot be sent to the worker process (not picklable): {_error_text(exc)}") from exc
     with _lock:
-        yield Session(fn_bytes, args_bytes)
+        yield Session(fn_bytes, args_bytes, unsandboxed_allowed())
 
 
 def worker_pid() -> int | None:

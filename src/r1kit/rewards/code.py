@@ -12,8 +12,12 @@
   is counted: ``code_reward.stats()`` returns the counters (reward-level ones and the sandbox's
   verdict counts and ``isolation_level``) for the trainer's metrics.
 * The sandbox is bubblewrap (+ seccomp) when it works here. Without it the reward refuses to run
-  (``SandboxUnavailableError``) unless ``allow_unsandboxed=True`` (or the environment variable
-  ``R1KIT_ALLOW_UNSANDBOXED=1`` for the registered default).
+  (``SandboxUnavailableError``) unless ``make_code_reward(allow_unsandboxed=True)``, or, for a
+  reward built without that argument (the registered default), inside the run's
+  ``with r1kit.sandbox.sandbox_policy(allow_unsandboxed=True):`` (the GRPO trainer enters it from
+  its ``allow_unsandboxed`` option; it ends with the run).
+* Every reward built here declares ``requires_sandbox`` (``r1kit.sandbox.needs_sandbox``), so the
+  trainer checks for a working sandbox before training.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from r1kit.sandbox import Limits, Sandbox, Verdict, require_isolation, sandbox_stats
+from r1kit.sandbox import (
+    Limits, Sandbox, Verdict, require_isolation, requires_sandbox, sandbox_stats, unsandboxed_allowed,
+)
 from r1kit.rewards.text import completion_text
 from r1kit.sandbox.cases import parse_verification_info, run_tests
 
@@ -76,10 +82,6 @@ class _RewardStats:
         return out
 
 
-def _env_allows_unsandboxed() -> bool:
-    return os.environ.get("R1KIT_ALLOW_UNSANDBOXED", "").strip().lower() in ("1", "true", "yes")
-
-
 def make_code_reward(all_or_nothing: bool = False, *, timeout: float = 2.0,
                      memory_mb: int = 1024, limits: Limits | None = None,
                      max_workers: int | None = None, allow_unsandboxed: bool | None = None,
@@ -87,16 +89,14 @@ def make_code_reward(all_or_nothing: bool = False, *, timeout: float = 2.0,
     """Build a code reward. ``limits`` overrides ``timeout``/``memory_mb``; ``max_workers``
     completions run in parallel (default ``min(4, cpu_count)``), the tests of one completion run
     one after the other, each in a fresh process. ``stop_after_timeouts=k`` stops a completion's
-    tests after k TIMEOUTs (the rest count as failed) to bound the time spent on hung programs."""
+    tests after k TIMEOUTs (the rest count as failed) to bound the time spent on hung programs.
+    ``allow_unsandboxed``: None (default) follows the caller's ``sandbox_policy`` at each call."""
     lim = limits or Limits(timeout=timeout, memory_mb=memory_mb)
     workers = max_workers or max(1, min(4, os.cpu_count() or 1))
     stats = _RewardStats()
 
-    def _allowed() -> bool:
-        return _env_allows_unsandboxed() if allow_unsandboxed is None else allow_unsandboxed
-
-    def _score_one(code: str, cases) -> float | None:
-        sb = Sandbox(lim, allow_unsandboxed=_allowed())
+    def _score_one(code: str, cases, allowed: bool) -> float | None:
+        sb = Sandbox(lim, allow_unsandboxed=allowed)
         outcomes = run_tests(code, cases, sb, stop_on_first_failure=all_or_nothing,
                              stop_after_timeouts=stop_after_timeouts)
         stats.add("tests_run", len(outcomes))
@@ -109,9 +109,12 @@ def make_code_reward(all_or_nothing: bool = False, *, timeout: float = 2.0,
             return 1.0 if passed == len(cases) else 0.0
         return passed / len(cases)
 
+    @requires_sandbox
     def code_reward(prompts, completions, verification_info=None, **kwargs) -> list[float | None]:
         n = len(completions)
-        require_isolation(_allowed())  # raises SandboxUnavailableError with the reason
+        # read here, in the caller's context: the pool threads below do not inherit it
+        allowed = unsandboxed_allowed() if allow_unsandboxed is None else allow_unsandboxed
+        require_isolation(allowed)  # raises SandboxUnavailableError with the reason
         infos = list(verification_info) if verification_info is not None else [None] * n
         if len(infos) != n:
             raise ValueError(f"verification_info has {len(infos)} rows for {n} completions")
@@ -136,7 +139,7 @@ def make_code_reward(all_or_nothing: bool = False, *, timeout: float = 2.0,
         if jobs:
             with ThreadPoolExecutor(max_workers=min(workers, len(jobs)),
                                     thread_name_prefix="r1kit-code") as ex:
-                futs = {i: ex.submit(_score_one, c, cs) for i, (c, cs) in jobs.items()}
+                futs = {i: ex.submit(_score_one, c, cs, allowed) for i, (c, cs) in jobs.items()}
                 for i, f in futs.items():
                     try:
                         out[i] = f.result()

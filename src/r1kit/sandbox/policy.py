@@ -22,7 +22,7 @@ from typing import Callable, Iterator, TypeVar
 
 F = TypeVar("F", bound=Callable)
 
-_ALLOW_UNSANDBOXED: contextvars.ContextVar[bool] = contextvars.ContextVar(
+_allow_unsandboxed_var: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "r1kit_allow_unsandboxed", default=False)
 
 
@@ -46,15 +46,15 @@ def needs_sandbox(fn) -> bool:
 
 def unsandboxed_allowed() -> bool:
     """The current scope's setting (False outside any :func:`sandbox_policy`)."""
-    return _ALLOW_UNSANDBOXED.get()
+    return _allow_unsandboxed_var.get()
 
 
 @contextlib.contextmanager
 def sandbox_policy(allow_unsandboxed: bool) -> Iterator[None]:
     """``with sandbox_policy(allow_unsandboxed=cfg.allow_unsandboxed):`` around a run; the previous
     setting is restored when the block ends, even on an exception."""
-    token = _ALLOW_UNSANDBOXED.set(bool(allow_unsandboxed))
+    token = _allow_unsandboxed_var.set(bool(allow_unsandboxed))
     try:
         yield
     finally:
-        _ALLOW_UNSANDBOXED.reset(token)
+        _allow_unsandboxed_var.reset(token)

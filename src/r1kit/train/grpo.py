@@ -269,18 +269,13 @@ def reference_model(model):
 
 
 def sandbox_check(reward_funcs: list[str], allow_unsandboxed: bool) -> str | None:
-    """Before any training: code rewards need a working sandbox (or an explicit opt-out)."""
-    def runs_code(fn) -> bool:
-        return (getattr(fn, "__module__", None) or type(fn).__module__) == "r1kit.rewards.code"
+    """Before any training: rewards that declare `requires_sandbox` (the code reward, or a user's own)
+    need a working sandbox, or the explicit opt-out. The opt-out itself reaches those rewards through
+    `r1kit.sandbox.sandbox_policy`, which the caller enters for the run."""
+    from r1kit.sandbox import needs_sandbox, require_isolation
 
-    if not any(runs_code(get_reward(name)) for name in reward_funcs):
+    if not any(needs_sandbox(get_reward(name)) for name in reward_funcs):
         return None
-    from r1kit.sandbox import require_isolation
-
-    if allow_unsandboxed:
-        import os
-
-        os.environ["R1KIT_ALLOW_UNSANDBOXED"] = "1"
     return require_isolation(allow_unsandboxed)
 
 
