@@ -68,14 +68,35 @@ class RolloutError(RuntimeError):
     checkpoints the last completed step and stops with this message."""
 
 
+def _hf(model, tokenizer, **kw) -> RolloutEngine:
+    """transformers, CPU/GPU"""
+    from r1kit.rollout.hf import HFEngine
+
+    return HFEngine(model, tokenizer, **kw)
+
+
+def _vllm(model, tokenizer, **kw) -> RolloutEngine:
+    """vLLM colocated with the trainer"""
+    from r1kit.rollout.vllm_engine import make_vllm_engine  # kw: mode="colocate"|"server"
+
+    return make_vllm_engine(model, tokenizer, **kw)
+
+
+def _vllm_server(model, tokenizer, **kw) -> RolloutEngine:
+    """a vLLM server over HTTP"""
+    from r1kit.rollout.vllm_engine import make_vllm_engine
+
+    return make_vllm_engine(model, tokenizer, mode="server", **kw)
+
+
+# rollout_engine name -> factory (the first docstring line says what it is: help texts read it)
+ENGINES = {"hf": _hf, "vllm": _vllm, "vllm-server": _vllm_server}
+ALIASES = {"transformers": "hf"}
+
+
 def make_engine(name: str, model, tokenizer, **kw) -> RolloutEngine:
-    """Build a rollout engine by name. `"hf"`: the transformers backend (CPU/GPU, shares `model`)."""
-    if name in ("hf", "transformers"):
-        from r1kit.rollout.hf import HFEngine
-
-        return HFEngine(model, tokenizer, **kw)
-    if name in ("vllm", "vllm-server"):  # kw: mode="colocate"|"server", see r1kit.rollout.vllm_engine
-        from r1kit.rollout.vllm_engine import make_vllm_engine
-
-        return make_vllm_engine(model, tokenizer, **({"mode": "server"} if name == "vllm-server" else {}), **kw)
-    raise ValueError(f"unknown rollout engine {name!r}; expected 'hf', 'vllm' or 'vllm-server'")
+    """Build a rollout engine by name (`ENGINES`). `"hf"`: the transformers backend (CPU/GPU, shares `model`)."""
+    factory = ENGINES.get(ALIASES.get(name, name))
+    if factory is None:
+        raise ValueError(f"unknown rollout engine {name!r}; expected one of {', '.join(map(repr, ENGINES))}")
+    return factory(model, tokenizer, **kw)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from r1kit.algo import AGGREGATIONS, KL_ESTIMATORS, SCALES
 from r1kit.config import described, field, one_of
 from r1kit.data.templates import is_template, template_choices, template_help
+from r1kit.rollout.base import ALIASES, ENGINES
 from r1kit.train.common_config import ModelArgs, TrainingArgs
 from r1kit.train.common_config import need as common_need
 
@@ -31,7 +32,7 @@ class GRPOConfig(TrainingArgs, ModelArgs):
     max_reward_failure_fraction: float | None = field(0.5, help="Stop the run (after checkpointing the last completed step) when a reward function fails (raises, NaN/inf, wrong length, deadline) on more than this fraction of a step's rows; null never stops.")
 
     # ---- generation ----
-    rollout_engine: str = field("hf", help="Rollout backend: hf (transformers, CPU/GPU), vllm (colocated), vllm-server.")
+    rollout_engine: str = field("hf", help=f"Rollout backend: {described(ENGINES)}.")
     rollout_engine_kwargs: dict = field({}, help="Options for the engine, e.g. {gpu_memory_utilization: 0.3} for "
                                               "vllm or {base_url: http://127.0.0.1:8000, read_timeout: 600} for vllm-server.")
     num_generations: int = field(8, help="Completions per prompt (the group size G).")
@@ -77,6 +78,8 @@ class GRPOConfig(TrainingArgs, ModelArgs):
         need(self.scale_rewards in SCALES, "scale_rewards", f"must be one of {list(SCALES)} (or true/false)")
         need(self.kl_estimator in KL_ESTIMATORS, "kl_estimator", f"must be {one_of(KL_ESTIMATORS)}")
         need(is_template(self.template), "template", f"must be {template_choices()}")
+        need(self.rollout_engine in ENGINES or self.rollout_engine in ALIASES, "rollout_engine",
+             f"must be {one_of(ENGINES)}")
         need(self.num_generations >= 1, "num_generations", "must be >= 1")
         need(self.num_iterations >= 1, "num_iterations", "must be >= 1")
         need(self.max_completion_length >= 1, "max_completion_length", "must be >= 1")

@@ -34,8 +34,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from r1kit.config import field, to_dict
+from r1kit.config import described, field, to_dict
 from r1kit.data.templates import is_conversation, is_template, render_prompt, template_choices, template_help
+from r1kit.rollout.base import ENGINES
 from r1kit.utils.io import finite_or_none, write_jsonl
 
 log = logging.getLogger("r1kit.sample")
@@ -64,7 +65,7 @@ class SampleConfig:
     template: str = field("r1_zero", help=f"{template_help(custom=True)}; use the same one for r1kit sft.")
     system_prompt: str | None = field(None, help="System message for template: chat.")
     # ---- generation ----
-    rollout_engine: str = field("hf", help="Rollout backend: hf, vllm, vllm-server.")
+    rollout_engine: str = field("hf", help=f"Rollout backend: {described(ENGINES)}.")
     rollout_engine_kwargs: dict = field({}, help="Options for the engine (see r1kit grpo --help).")
     num_samples: int = field(4, help="Samples per prompt (k).")
     prompts_per_batch: int = field(32, help="Prompts per generation call (each with num_samples samples).")
