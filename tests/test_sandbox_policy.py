@@ -150,3 +150,22 @@ def test_code_reward_in_the_worker_honours_the_policy(no_bwrap):
         assert score() == (1.0, 0)
     value, errors = score()
     assert math.isnan(value) and errors == 1
+
+
+@pytest.mark.parametrize("allow", [True, False])
+def test_grpo_run_scopes_the_policy_to_itself(tmp_path, allow):
+    """`allow_unsandboxed` reaches the run's sandboxed rewards (in-process and in the reward worker) and
+    is gone when the run ends: the next run, and this process, see the default again."""
+    from r1kit.sandbox import unsandboxed_allowed
+    from r1kit.train.grpo import train
+    from r1kit.train.grpo_config import GRPOConfig
+    from r1kit.train.tracking import read_metrics
+
+    for timeout in (None, 30.0):  # None: scored in this process; a number: in the killable worker process
+        out = train(GRPOConfig(model_name_or_path="r1kit:tiny", dataset_name="r1kit:arithmetic", dataset_num_rows=8,
+                               num_generations=2, per_device_train_batch_size=4, max_completion_length=4,
+                               max_steps=1, save_steps=0, reward_funcs=["sandbox_policy_rewards:policy_flag"],
+                               allow_unsandboxed=allow, reward_timeout_s=timeout, disable_tqdm=True,
+                               output_dir=str(tmp_path / f"run-{timeout}")))
+        assert read_metrics(out)[0]["rewards/policy_flag/mean"] == float(allow)
+        assert unsandboxed_allowed() is False

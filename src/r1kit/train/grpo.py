@@ -27,6 +27,7 @@ from r1kit.models.loading import load_model_and_tokenizer
 from r1kit.rewards import get_reward, language_mixing_rate, reward_metrics
 from r1kit.rewards.reflection import reflection_rate
 from r1kit.rollout import RolloutError, SamplingParams, make_engine
+from r1kit.sandbox import sandbox_policy
 from r1kit.train.batch import Batch, batched_logps, collate, completion_logps
 from r1kit.train.grpo_config import GRPOConfig
 from r1kit.train.rollouts import PromptSet, Rewarder, Rollouts, generate_rollouts, load_prompts
@@ -70,24 +71,25 @@ def train(cfg: GRPOConfig, callback=None) -> Path:
     if cfg.resume_from_checkpoint:
         run.sync_engine(engine)
 
-    for step in run.steps():
-        t_step = time.perf_counter()
-        roll, gen = sample_and_score(run, engine, sampling, prompts, rewarder, prompts_per_step, step)  # 1-3
-        advantages = compute_advantages(run, roll, cfg).to(run.device)  # 4. [B]
-        batch = collate([c.prompt_ids for c in roll.completions], [c.completion_ids for c in roll.completions],
-                        tokenizer.pad_token_id, keep_mask(roll, cfg)).to(run.device)  # 5.
-        old_logps, ref_logps = old_and_reference_logps(model, ref_model, batch, cfg)
-        t_train = time.perf_counter()
-        stats = policy_update(run, model, batch, advantages, old_logps, ref_logps, step)  # 6.
-        run.sync_engine(engine)  # 7. the engine samples from the new policy next step
-        timings = {"generate": gen.seconds, "train": time.perf_counter() - t_train}
-        metrics = step_metrics(run, roll, advantages, gen, stats, timings, isolation, t_step)  # 8.
-        if callback is not None:
-            metrics.update(callback(step, run.full_model(), engine) or {})
-        if cfg.log_completions:
-            run.tracker.log_completions(step, gather_completion_rows(run, roll, advantages, prompts))
-        run.end_step(step, metrics, {"reward": f"{metrics.get('reward', math.nan):.3f}",
-                                     "len": f"{metrics['completions/mean_length']:.0f}"})
+    with sandbox_policy(allow_unsandboxed=cfg.allow_unsandboxed):  # the code reward's opt-out, for this run only
+        for step in run.steps():
+            t_step = time.perf_counter()
+            roll, gen = sample_and_score(run, engine, sampling, prompts, rewarder, prompts_per_step, step)  # 1-3
+            advantages = compute_advantages(run, roll, cfg).to(run.device)  # 4. [B]
+            batch = collate([c.prompt_ids for c in roll.completions], [c.completion_ids for c in roll.completions],
+                            tokenizer.pad_token_id, keep_mask(roll, cfg)).to(run.device)  # 5.
+            old_logps, ref_logps = old_and_reference_logps(model, ref_model, batch, cfg)
+            t_train = time.perf_counter()
+            stats = policy_update(run, model, batch, advantages, old_logps, ref_logps, step)  # 6.
+            run.sync_engine(engine)  # 7. the engine samples from the new policy next step
+            timings = {"generate": gen.seconds, "train": time.perf_counter() - t_train}
+            metrics = step_metrics(run, roll, advantages, gen, stats, timings, isolation, t_step)  # 8.
+            if callback is not None:
+                metrics.update(callback(step, run.full_model(), engine) or {})
+            if cfg.log_completions:
+                run.tracker.log_completions(step, gather_completion_rows(run, roll, advantages, prompts))
+            run.end_step(step, metrics, {"reward": f"{metrics.get('reward', math.nan):.3f}",
+                                         "len": f"{metrics['completions/mean_length']:.0f}"})
     return run.finish()
 
 
