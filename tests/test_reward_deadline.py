@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import select
 import sys
-import time
 from pathlib import Path
 
 import psutil
@@ -71,10 +72,8 @@ def test_fast_path_scores_the_whole_batch_in_one_call(tmp_path, warnings):
 def test_only_the_hanging_rows_are_lost(tmp_path, warnings, caplog):
     log = tmp_path / "calls"
     comps = ["ab", "HANG", "abcd", "x HANG", "abc"]
-    t0 = time.monotonic()
     b = score_completions([BAD + "hang_on_marker", "format", BAD + "digits"], [1.0, 1.0, 1.0], ["q"] * 5, comps,
                           {"calls_to": [str(log)] * 5}, timeout_s=0.5)
-    took = time.monotonic() - t0
     hang = b.per_func[:, 0].tolist()
     assert hang[0] == pytest.approx(0.2) and hang[2] == pytest.approx(0.4) and hang[4] == pytest.approx(0.3)
     assert math.isnan(hang[1]) and math.isnan(hang[3])
@@ -86,8 +85,7 @@ def test_only_the_hanging_rows_are_lost(tmp_path, warnings, caplog):
     assert w == ["reward 'hang_on_marker': row 1: passed its 0.5 s deadline; worker killed",
                  "reward 'hang_on_marker': row 3: passed its 0.5 s deadline; worker killed"]
     assert any("batch deadline of 2.5 s" in r.getMessage() for r in caplog.records if r.levelno == logging.INFO)
-    assert took < 15
-    assert_no_stray_processes()
+    assert_no_stray_processes()  # every worker killed at a deadline is gone; only the one kept remains
 
 
 def test_rows_scored_alone_keep_their_other_failures_per_row(warnings):
@@ -104,20 +102,23 @@ def test_rows_scored_alone_keep_their_other_failures_per_row(warnings):
     assert b.errors == {"hang_on_marker": 2} and b.per_func.isnan().all()
 
 
-def test_a_function_that_hangs_on_every_row_costs_a_bounded_time(tmp_path, warnings):
+def test_a_function_that_hangs_on_every_row_costs_a_bounded_time(tmp_path, warnings, caplog):
+    """The cost is counted in deadlines waited, not measured: one batch deadline (12 rows x 0.25 s)
+    and max_row_timeouts=2 row deadlines; the other 10 rows are never started."""
     log = tmp_path / "calls"
     n = 12
-    t0 = time.monotonic()
     b = score_completions([BAD + "hang_always"], None, None, ["a"] * n, {"calls_to": [str(log)] * n},
                           timeout_s=0.25, max_row_timeouts=2)
-    took = time.monotonic() - t0
     assert b.errors == {"hang_always": n} and b.per_func.isnan().all() and b.total.isnan().all()
     assert calls(log) == [str(n), "1", "1"]  # the batch, then 2 rows; the other 10 are not tried
+    info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert info == ["reward 'hang_always': passed its batch deadline of 3 s (12 rows); worker killed, "
+                    "scoring the rows one at a time"]
     w = warnings()
-    assert len(w) == 3 and "row 0: passed its 0.25 s deadline" in w[0] and "row 1:" in w[1]
-    assert w[2] == ("reward 'hang_always': rows 2..11 not scored (10 rows): gave up after 2 rows passed "
-                    "their 0.25 s deadline or killed the worker")
-    assert took < 3.0 + 2 * 0.25 + 8  # batch deadline + 2 rows + worker start-ups, not n rows
+    assert w[:2] == ["reward 'hang_always': row 0: passed its 0.25 s deadline; worker killed",
+                     "reward 'hang_always': row 1: passed its 0.25 s deadline; worker killed"]
+    assert w[2:] == ["reward 'hang_always': rows 2..11 not scored (10 rows): gave up after 2 rows passed "
+                     "their 0.25 s deadline or killed the worker"]
     assert _worker.worker_pid() is None  # the last worker hung: killed, none kept
     assert_no_stray_processes()
     assert MAX_ROW_TIMEOUTS >= 1
@@ -131,16 +132,19 @@ def test_a_killed_worker_takes_the_processes_it_started(tmp_path, warnings):
     assert warnings() == ["reward 'hang_with_child': rows 0..0 not scored (1 rows): gave up after 0 rows "
                           "passed their 0.5 s deadline or killed the worker"]
     pid = int(calls(log)[1])  # ["pid", "<n>"]
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                break
-        except psutil.NoSuchProcess:
-            break
-        time.sleep(0.05)
+    # `sleep 600` ends on its own only after 10 minutes: if it has exited, the kill of the worker's
+    # process group reached it. Its exit is an event (a pidfd turns readable), waited for, not polled;
+    # the 60 s is a hang guard only (a SIGKILLed process exits at once), not a speed check.
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        pass  # already exited and reaped
     else:
-        pytest.fail(f"the reward's own child {pid} outlived its killed worker")
+        try:
+            readable, _, _ = select.select([fd], [], [], 60)
+        finally:
+            os.close(fd)
+        assert readable, f"the reward's own child {pid} outlived its killed worker"
     assert_no_stray_processes()
 
 

@@ -2,16 +2,20 @@
 
 import logging
 import math
+import sys
 import threading
 import time
 
+import psutil
 import pytest
 
+from r1kit.rewards import _worker
 from r1kit.rewards import (
     accuracy, extract_answer, extract_answer_lenient, format_reward, get_reward,
     language_mixing_rate, language_reward, list_rewards, make_format_reward, make_language_reward,
     register_reward, soft_overlong, tag_count,
 )
+from r1kit.rewards.math import MAX_ANSWER_CHARS
 from r1kit.rewards.runner import reward_metrics, score_completions
 
 
@@ -68,10 +72,22 @@ def test_accuracy_without_solution_column_is_none():
 
 @pytest.mark.parametrize("huge", ["10^{10^{10}}", "9^{9^{9}}", "(10^{10})!", "10^{-10^{10}}",
                                   "10^{10^{10}}-10^{10^{10}}+42", "10^{10^{10^{10^{10}}}}"])
-def test_huge_answer_is_fast_and_wrong(huge):
-    t = time.perf_counter()
+def test_huge_answer_is_wrong_without_being_compared(huge, monkeypatch):
+    """The size guard scores an answer with ~10^10 digits 0.0 before math-verify's `verify`, where
+    sympy would compare (and so compute) it; an ordinary wrong answer does reach `verify`."""
+    import math_verify
+
+    compared = []
+    real_verify = math_verify.verify  # r1kit.rewards.math imports it at each call: the spy is used
+
+    def spy(gold, pred, **kw):
+        compared.append(pred)
+        return real_verify(gold, pred, **kw)
+
+    monkeypatch.setattr(math_verify, "verify", spy)
     assert acc(f"\\boxed{{{huge}}}", "42") == 0.0
-    assert time.perf_counter() - t < 1.0
+    assert compared == []
+    assert acc("\\boxed{41}", "42") == 0.0 and len(compared) == 1  # the spy is on the path taken
 
 
 def test_accuracy_in_non_main_thread():
@@ -141,30 +157,87 @@ def test_prefilled_think():
     assert make_format_reward(think_prefilled=True)([chat_prompt], [chat(body)]) == [1.0]
 
 
-def test_linear_time_on_long_completions():
-    long_good = "<think>" + "step " * 60000 + "</think><answer>\\boxed{42}</answer>"
-    adversarial = ["<think>" * 40000, "</think><answer>" * 20000, "\\boxed{" * 40000,
-                   "{" * 300000, "<answer>" * 40000 + "</answer>", "1," * 150000,
-                   "汉字ab" * 75000]
-    def best_of_3(fn, *args, **kw):  # a shared machine only adds time: the fastest of 3 runs is fn's own cost
-        times = []
-        for _ in range(3):
-            t = time.perf_counter()
-            fn(*args, **kw)
-            times.append(time.perf_counter() - t)
-        return min(times)
+def traced_lines(fn, *args, **kw) -> int:
+    """Python lines executed by `fn(*args, **kw)` (sys.settrace): a deterministic measure of its work,
+    the same on any machine, however busy."""
+    count = 0
 
-    def answer_checks(text):
-        accuracy(["q"], [text], solution=["42"])
-        extract_answer_lenient(text)
+    def local(frame, event, arg):
+        nonlocal count
+        if event == "line":
+            count += 1
+        return local
 
-    for text in [long_good] + adversarial:
-        assert len(text) >= 280000
+    previous = sys.gettrace()
+    sys.settrace(lambda frame, event, arg: local)
+    try:
+        fn(*args, **kw)
+    finally:
+        sys.settrace(previous)
+    return count
+
+
+def answer_checks(prompts, completions, **kw):
+    accuracy(prompts, completions, solution=["42"])
+    extract_answer_lenient(completions[0])
+
+
+# long and adversarial completions, as a function of a repeat count m (300k characters at the sizes below)
+LONG = {
+    "long_good": lambda m: "<think>" + "step " * m + "</think><answer>\\boxed{42}</answer>",
+    "think_opens": lambda m: "<think>" * m,
+    "close_open_pairs": lambda m: "</think><answer>" * m,
+    "open_boxes": lambda m: "\\boxed{" * m,
+    "closed_boxes": lambda m: "\\boxed{1} " * m,
+    "open_braces": lambda m: "{" * m,
+    "answer_opens": lambda m: "<answer>" * m + "</answer>",
+    "number_list": lambda m: "1," * m,
+    "han_latin": lambda m: "汉字ab" * m,
+}
+SIZE_300K = {"long_good": 60000, "think_opens": 40000, "close_open_pairs": 20000, "open_boxes": 40000,
+             "closed_boxes": 30000, "open_braces": 300000, "answer_opens": 40000, "number_list": 150000,
+             "han_latin": 75000}
+
+
+@pytest.mark.parametrize("family", list(LONG))
+@pytest.mark.parametrize("fn", [format_reward, tag_count, language_reward, answer_checks],
+                         ids=["format", "tag_count", "language", "accuracy+lenient"])
+def test_linear_work_on_long_completions(fn, family):
+    """Work (Python lines run) grows linearly with the completion: for sizes m, 2m, 4m the second
+    increase is twice the first (quadratic work would make it 4x). Deterministic, unlike a timing.
+    Not counted: the work inside one C call (a str.find/count, a regex scan); the rewards keep to
+    linear scans there (module docs: no backtracking regexes), which this test cannot check."""
+    make = LONG[family]
+    m = SIZE_300K[family] // 12  # 4m: a third of the 300k size, enough for a quadratic term to show
+    fn(["q"], [make(4 * m)], solution=["42"])  # warm caches (math-verify, the script table) first
+    w1, w2, w4 = (traced_lines(fn, ["q"], [make(k * m)], solution=["42"]) for k in (1, 2, 4))
+    assert w4 - w2 <= 2.1 * (w2 - w1) + 100, (w1, w2, w4)
+
+
+def test_long_completions_score_right_and_parse_only_short_answers(monkeypatch):
+    """At 300k characters: the rewards still score (the long good answer is right), and math-verify's
+    parser, the costly part, never sees more than a capped answer whatever the completion's length."""
+    import math_verify
+
+    parsed = []
+    real_parse = math_verify.parse
+
+    def spy(text, **kw):
+        parsed.append(len(text))
+        return real_parse(text, **kw)
+
+    monkeypatch.setattr(math_verify, "parse", spy)
+    for family, make in LONG.items():
+        text = make(SIZE_300K[family])
+        assert len(text) >= 280000, family
         for fn in (format_reward, tag_count, language_reward):
-            assert best_of_3(fn, ["q"], [text], solution=["42"]) < 0.5, (fn.__name__, text[:20])
-        assert best_of_3(answer_checks, text) < 1.0, text[:20]
-    assert format_reward(["q"], [long_good]) == [1.0]
-    assert accuracy(["q"], [long_good], solution=["42"]) == [1.0]
+            (value,) = fn(["q"], [text], solution=["42"])
+            assert 0.0 <= value <= 1.0, (fn.__name__, family)
+        assert accuracy(["q"], [text], solution=["42"]) == [1.0 if family == "long_good" else 0.0], family
+        assert extract_answer_lenient(text) in (None, "1", "\\boxed{42}"), family  # a short answer or none
+    long_good = LONG["long_good"](SIZE_300K["long_good"])
+    assert format_reward(["q"], [long_good]) == [1.0] and tag_count(["q"], [long_good]) == [1.0]
+    assert parsed and max(parsed) <= MAX_ANSWER_CHARS + len("\\boxed{}")
 
 
 # ----------------------------------------------------------------------------- overlong shaping
@@ -277,24 +350,36 @@ def test_scorer_total_nan_when_nothing_scores():
     assert b.names == ["tag_count", "tag_count_2"] and b.total.tolist() == [3.0]
 
 
+def worker_children() -> list[psutil.Process]:
+    """This process's children, less multiprocessing's resource tracker (one per interpreter)."""
+    return [p for p in psutil.Process().children(recursive=True)
+            if "resource_tracker" not in " ".join(p.cmdline())]
+
+
 def test_scorer_timeout_kills_sleeper(caplog):
     comps = [GOOD, "x"]
-    t = time.perf_counter()
-    with caplog.at_level(logging.WARNING, logger="r1kit.rewards"):
+    with caplog.at_level(logging.INFO, logger="r1kit.rewards"):
         b = score_completions(["format", sleeps_forever, lambda p, c, **k: [1.0] * len(c)],
                               None, ["q", "q"], comps, {}, names=["format", "sleeper", "lam"],
                               timeout_s=1.0)
-    elapsed = time.perf_counter() - t
     assert b.per_func[:, 0].tolist() == [1.0, 0.0]  # computed in the worker
     assert all(math.isnan(x) for x in b.per_func[:, 1:].flatten().tolist())
     assert b.errors == {"format": 0, "sleeper": 2, "lam": 2}
     messages = [r.getMessage() for r in caplog.records]
-    assert any("'sleeper'" in m and "deadline" in m for m in messages)
-    assert any("'lam'" in m and "picklable" in m for m in messages)
-    assert elapsed < 20
+    # the deadline's mechanism, step by step: the whole batch passed its deadline (2 rows x 1 s), then
+    # each row alone passed its own, and each time the worker running it was killed
+    assert any("'sleeper'" in m and "batch deadline of 2 s" in m and "worker killed" in m for m in messages)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings[:2] == ["reward 'sleeper': row 0: passed its 1 s deadline; worker killed",
+                            "reward 'sleeper': row 1: passed its 1 s deadline; worker killed"]
+    assert len(warnings) == 3 and warnings[2].startswith("reward 'lam' cannot be sent to the worker process "
+                                                         "(not picklable)")
+    # the killed workers are gone (reaped, no zombie): no worker is kept after one that hung
+    assert _worker.worker_pid() is None and worker_children() == []
     # the killed worker is replaced on the next call
     b = score_completions(["format"], None, ["q"], [GOOD], {}, timeout_s=5.0)
     assert b.per_func.tolist() == [[1.0]]
+    assert [p.pid for p in worker_children()] == [_worker.worker_pid()]
 
 
 def test_task_accuracy_uses_the_task_verifier():

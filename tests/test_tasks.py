@@ -1,9 +1,10 @@
-import time
+import ast
+import types
 
 import pytest
 
-from r1kit.tasks import extract_number, get_task, is_test_key, list_tasks
-from r1kit.tasks.countdown import UnsafeExpression, safe_eval, score_equation
+from r1kit.tasks import countdown, extract_number, get_task, is_test_key, list_tasks
+from r1kit.tasks.countdown import MAX_EXPR_CHARS, MAX_LITERAL, MAX_NODES, UnsafeExpression, safe_eval, score_equation
 
 BUILTIN = ["arithmetic", "add", "sub", "mul", "chain", "word", "countdown"]
 
@@ -85,10 +86,56 @@ ROW = {"numbers": [3, 7, 25, 50], "target": 46}
     ("no equation at all", 0.0),
     ("", 0.0),
 ])
-def test_countdown_verifier_table(text, score):
-    t0 = time.perf_counter()
+def test_countdown_verifier_table(text, score, countdown_work):
     assert get_task("countdown").score(text, ROW) == score
-    assert time.perf_counter() - t0 < 0.1
+    # cheap by construction, whatever the input: the parser never sees more than MAX_EXPR_CHARS
+    # characters, and only + - * / run, fewer than MAX_NODES times, on numbers no larger than the
+    # limits allow (at most MAX_NODES literals <= MAX_LITERAL: 21 bits each, with the sign)
+    assert all(n <= MAX_EXPR_CHARS for n in countdown_work.parsed), countdown_work.parsed
+    assert len(countdown_work.ops) < MAX_NODES
+    assert all(bits <= MAX_NODES * (MAX_LITERAL.bit_length() + 1) for bits in countdown_work.ops)
+
+
+@pytest.fixture
+def countdown_work(monkeypatch):
+    """What the countdown verifier does: the length of every text it hands to `ast.parse` and the
+    size in bits of the operands of every arithmetic operation. An operator other than + - * / is
+    refused before it runs (`9**9**9` would never return)."""
+    work = types.SimpleNamespace(parsed=[], ops=[])
+
+    class Ast:  # the `ast` module as countdown sees it, with parse recorded
+        def __getattr__(self, name):
+            return getattr(ast, name)
+
+        @staticmethod
+        def parse(source, *args, **kw):
+            work.parsed.append(len(source))
+            return ast.parse(source, *args, **kw)
+
+    def bits(x):
+        return max(x.numerator.bit_length(), x.denominator.bit_length())
+
+    class Ops(dict):  # countdown._OPS as the evaluator looks its operators up
+        def __getitem__(self, op):
+            assert op in (ast.Add, ast.Sub, ast.Mult, ast.Div), f"the verifier evaluated {op.__name__}"
+            fn = dict.__getitem__(self, op)
+
+            def recorded(a, b):
+                work.ops.append(max(bits(a), bits(b)))
+                return fn(a, b)
+
+            return recorded
+
+    monkeypatch.setattr(countdown, "ast", Ast())
+    monkeypatch.setattr(countdown, "_OPS", Ops(countdown._OPS))
+    return work
+
+
+def test_countdown_work_is_recorded(countdown_work):
+    """The recorder sees the work of an ordinary expression (so an empty record above means none)."""
+    assert get_task("countdown").score("<answer> (50 - 25) + 3 * 7 </answer>", ROW) == 1.0
+    # 50 - 25 (50: 6 bits), 3 * 7 (7: 3 bits), 25 + 21 (5 bits each)
+    assert countdown_work.parsed == [len("(50 - 25) + 3 * 7")] and countdown_work.ops == [6, 3, 5]
 
 
 def test_countdown_exact_fractions_and_division():

@@ -261,13 +261,41 @@ def test_server_generate_and_weight_sync(server, tiny):
     assert len(eng.generate([[1]], SamplingParams(n=1))) == 1
 
 
-def test_server_stall_is_a_timeout_error(server, tiny):
+class FakeClock:
+    """`time` as r1kit.rollout.vllm_engine sees it: `sleep` records the wait and moves `monotonic` on
+    at once, so backoff and start-up deadlines are checked by what was waited, not by a stopwatch.
+    (Socket timeouts stay real: they are the sockets' own.)"""
+
+    def __init__(self):
+        self.now, self.sleeps = 1000.0, []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    import r1kit.rollout.vllm_engine as vllm_engine
+
+    c = FakeClock()
+    monkeypatch.setattr(vllm_engine, "time", c)
+    return c
+
+
+def test_server_stall_is_a_timeout_error(server, tiny, clock):
     eng = VLLMServerEngine(None, tiny[1], base_url=server.url, **FAST)
     server.mode = "stall"
-    t0 = time.monotonic()
-    with pytest.raises(VLLMServerError, match=r"stalled.*|read timeout") as e:
+    clock.sleeps.clear()
+    with pytest.raises(VLLMServerError, match=r"after 3 attempt\(s\): no answer within the read timeout.*stalled"):
         eng.generate([[1]], SamplingParams(n=1))
-    assert "after 3 attempt(s)" in str(e.value) and time.monotonic() - t0 < 5
+    # retries=2: three requests reached the server, each given up at the read timeout, with
+    # exponential backoff between them (backoff * 2^(attempt-1)); nothing more was tried
+    assert [e[1] for e in server.log if e[0] == "POST"] == ["/generate/"] * 3
+    assert clock.sleeps == [0.01, 0.02]
 
 
 def test_server_dying_mid_request_is_an_error(server, tiny):
@@ -277,11 +305,17 @@ def test_server_dying_mid_request_is_an_error(server, tiny):
         eng.generate([[1]], SamplingParams(n=1))
 
 
-def test_server_refusing_is_an_error(tiny):
+def test_server_refusing_is_an_error(tiny, clock, caplog):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again before use: nothing listens there
-    t0 = time.monotonic()
-    with pytest.raises(VLLMServerError, match=r"not ready after 0.5 s.*refused"):
-        VLLMServerEngine(None, tiny[1], base_url=f"http://127.0.0.1:{port}", **{**FAST, "startup_timeout": 0.5})
-    assert time.monotonic() - t0 < 5
+    with caplog.at_level("WARNING", logger="r1kit.rollout"):
+        with pytest.raises(VLLMServerError, match=r"not ready after 0.5 s.*refused"):
+            VLLMServerEngine(None, tiny[1], base_url=f"http://127.0.0.1:{port}",
+                             **{**FAST, "startup_timeout": 0.5, "backoff": 0.2})
+    # polled /health/ until the start-up deadline: waits of one backoff (0.2 s), the last one cut to
+    # what was left of the 0.5 s, so 0.5 s waited in all, and one refused poll before each wait and after
+    assert clock.sleeps[:2] == [0.2, 0.2] and sum(clock.sleeps) == pytest.approx(0.5)
+    assert all(0 < s <= 0.2 for s in clock.sleeps)
+    refused = [r.getMessage() for r in caplog.records if "connection refused" in r.getMessage()]
+    assert len(refused) == len(clock.sleeps) + 1 and all("GET" in m and "/health/" in m for m in refused)

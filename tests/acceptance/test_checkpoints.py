@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 
@@ -34,6 +35,14 @@ def clean(rows):
 def same_weights(a: Path, b: Path) -> bool:
     x, y = safetensors_of(a), safetensors_of(b)
     return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
+def ended(pid: int) -> bool:
+    """The job process has exited (a zombie until the runner reaps it, then gone)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 class Runner:
@@ -68,10 +77,13 @@ class Runner:
         status = self.wait()
         assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
 
-    def kill9_when_stalled(self, pid: int, marker: Path, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
+    def kill9_when_stalled(self, pid: int, marker: Path) -> None:
+        """Wait for the job to reach its stall (it writes `marker`, then sleeps until killed); a job
+        that ends instead (reaped by the runner) fails here at once, with its log."""
         while not marker.exists():
-            assert time.monotonic() < deadline, f"job never reached its stall; see {self.log.name}"
+            if ended(pid):
+                assert marker.exists(), (f"job {pid} ended without reaching its stall: "
+                                         f"{Path(self.log.name).read_text()[-3000:]}")
             time.sleep(0.02)
         marker.unlink()
         self.kill9(pid)

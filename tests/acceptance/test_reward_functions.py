@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 
 import pytest
 
@@ -51,7 +50,8 @@ def test_reward_that_scores_nothing_does_not_crash_the_loop(tmp_path):
     out = train(tiny_cfg(tmp_path, reward_funcs=[BAD + "all_none"], max_steps=2, save_steps=1))
     rows = read_metrics(out)
     assert [r["step"] for r in rows] == [1, 2]
-    assert all("reward" not in r and r["frac_reward_zero_std"] == 1.0 and r["loss"] == 0.0 for r in rows)
+    assert all("reward" not in r and r["frac_reward_zero_std"] == 1.0 for r in rows)
+    assert [r["loss"] for r in rows] == [pytest.approx(0.0, abs=1e-9)] * 2  # zero up to float round-off
     assert [s for s, _ in list_checkpoints(out)] == [1, 2]
 
 
@@ -64,16 +64,17 @@ def _spawn_workers() -> list:
 def test_reward_that_never_returns_is_killed_at_its_deadline(tmp_path, caplog):
     """The deadline is per row: the whole batch gets ROWS x 1 s, then rows alone get 1 s each, and
     after 3 rows past their deadline (MAX_ROW_TIMEOUTS) the rest of the batch is given up."""
-    caplog.set_level(logging.WARNING, logger="r1kit.rewards")
-    t0 = time.monotonic()
+    caplog.set_level(logging.INFO, logger="r1kit.rewards")
     out = train(tiny_cfg(tmp_path, reward_funcs=[BAD + "digits", BAD + "sleep_forever"], reward_timeout_s=1.0,
                          max_reward_failure_fraction=None))
-    took = time.monotonic() - t0
     row = read_metrics(out)[0]
     assert row["reward_errors/sleep_forever"] == ROWS and row["reward_errors/digits"] == 0
     assert math.isfinite(row["loss"]) and math.isfinite(row["reward"])
-    assert took < 30  # worker start-ups + a 4 s batch deadline + 3 one-second rows, not an hour
     messages = [r.getMessage() for r in caplog.records]
+    # what it cost, counted in deadlines rather than timed: the 4 s batch deadline, then 3 one-second
+    # rows, each ending in a killed worker; the 4th row is not started
+    assert ("reward 'sleep_forever': passed its batch deadline of 4 s (4 rows); worker killed, "
+            "scoring the rows one at a time") in messages
     for i in range(3):
         assert f"reward 'sleep_forever': row {i}: passed its 1 s deadline; worker killed" in messages
     assert any("reward 'sleep_forever': rows 3..3 not scored (1 rows): gave up" in m for m in messages)
