@@ -8,7 +8,8 @@ import json
 import pytest
 
 from r1kit.rollout import Completion
-from r1kit.train.sample import Decontaminator, SampleConfig, has_code_block, has_long_paragraph, model_sha256, run_sample
+from r1kit.train.sample import Decontaminator, has_code_block, has_long_paragraph, model_sha256, run_sample
+from r1kit.train.sample_config import SampleConfig
 
 GOOD = "<think> 2 + 3 = 5 </think> <answer> 5 </answer>"
 EVAL_PROBLEM = "Compute 417 + 385."

@@ -26,7 +26,7 @@ COMMANDS = {
              "Reproduce R1-Zero's curves on the tiny world, on a laptop CPU, in minutes."),
     "sft": ("r1kit.train.sft_config:SFTConfig", "r1kit.train.sft:train", "Supervised fine-tuning: cold start, rejection-sampling SFT, distillation."),
     "eval": ("r1kit.eval.cli_eval:EvalConfig", "r1kit.eval.cli_eval:run_eval", "pass@1 over k samples, cons@k, pass@k with a bootstrap interval (R1's protocol)."),
-    "sample": ("r1kit.train.sample:SampleConfig", "r1kit.train.sample:run_sample", "Rejection sampling: k samples per prompt, verified, filtered, deduplicated, decontaminated -> SFT data."),
+    "sample": ("r1kit.train.sample_config:SampleConfig", "r1kit.train.sample:run_sample", "Rejection sampling: k samples per prompt, verified, filtered, deduplicated, decontaminated -> SFT data."),
     "rm": ("r1kit.train.rm_config:RMConfig", "r1kit.train.rm:train", "Train a Bradley-Terry reward model on chosen/rejected pairs (helpfulness/harmlessness)."),
     "pipeline": ("r1kit.pipeline:PipelineConfig", "r1kit.pipeline:run_pipeline", "DeepSeek-R1's whole recipe: cold start, reasoning RL, rejection sampling, SFT, RL for all scenarios, distillation."),
 }

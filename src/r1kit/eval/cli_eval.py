@@ -30,8 +30,9 @@ from pathlib import Path
 
 from r1kit.config import field
 from r1kit.data.datasets import DataError, load_dataset_rows
-from r1kit.data.templates import is_template, render_prompt, template_choices, template_help
+from r1kit.data.templates import is_template, template_choices, template_help, tokenize_prompts
 from r1kit.eval.runner import evaluate
+from r1kit.utils.dist import default_device
 from r1kit.utils.io import finite_or_none
 
 log = logging.getLogger("r1kit.eval")
@@ -95,11 +96,10 @@ def run_eval(cfg: EvalConfig) -> Path:
     from r1kit.rollout import make_engine
 
     rows, score, extract = load_problems(cfg)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device()
     model, tokenizer = load_model_and_tokenizer(cfg.model, dtype=cfg.dtype, device=device)
     model.eval()
-    texts = [render_prompt(r["prompt"], tokenizer, cfg.template, cfg.system_prompt) for r in rows]
-    prompt_ids = tokenizer(texts, add_special_tokens=cfg.template != "chat").input_ids
+    _, prompt_ids = tokenize_prompts([r["prompt"] for r in rows], tokenizer, cfg.template, cfg.system_prompt)
     warnings = sample_size_warnings(cfg.n, len(rows))
     for w in warnings:
         log.warning(w)

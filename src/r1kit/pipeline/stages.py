@@ -32,7 +32,7 @@ from r1kit.pipeline.config import PipelineConfig, StudentConfig, build_student
 from r1kit.tiny_world.cold_start import ColdStartDataConfig, NonReasoningDataConfig, cold_start_data, non_reasoning_data
 from r1kit.train.grpo_config import GRPOConfig
 from r1kit.train.rm_config import RMConfig
-from r1kit.train.sample import SampleConfig
+from r1kit.train.sample_config import SampleConfig
 from r1kit.train.sft_config import SFTConfig
 from r1kit.utils.io import write_jsonl
 

@@ -162,7 +162,9 @@ def load_reward_model(path: str, device: str | None = None, dtype: str = "auto")
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        from r1kit.utils.dist import default_device  # here: importing the rewards must not import torch
+
+        device = default_device()
     torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)

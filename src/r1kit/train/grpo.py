@@ -52,10 +52,10 @@ def train(cfg: GRPOConfig, callback=None) -> Path:
                                                 tokenizer_name_or_path=cfg.tokenizer_name_or_path, lora=cfg.lora())
     ref_model = reference_model(model) if cfg.beta > 0 else None  # copied before sharding
     model = run.prepare_model(model)
-    prompts = load_prompts(cfg, tokenizer)
+    prompts = load_prompts(cfg, tokenizer, cfg.dataset_train_split, cfg.max_prompt_length)
     rewarder = Rewarder(list(cfg.reward_funcs), cfg.reward_weights or [1.0] * len(cfg.reward_funcs),
                         cfg.reward_timeout_s)
-    isolation = sandbox_check(rewarder.names, cfg.allow_unsandboxed)
+    isolation = sandbox_check(rewarder.funcs, cfg.allow_unsandboxed)
     prompts_per_step = cfg.batch_size // cfg.num_generations
     if len(prompts) < prompts_per_step * run.rt.world_size:
         raise DataError(f"{cfg.dataset_name}: {len(prompts)} prompts, fewer than one batch "

@@ -59,12 +59,13 @@ class Rewarder:
     """The run's reward functions (names or dotted paths, resolved at construction so a typo fails
     before training), their weights, and the per-row deadline."""
 
-    names: list[str]
+    funcs: list[str]
     weights: list[float]
     timeout_s: float | None = None
+    metric_names: list[str] | None = None  # what to call each function's scores (default: the registry's)
 
     def __post_init__(self):
-        for name in self.names:
+        for name in self.funcs:
             get_reward(name)
 
     def score(self, prompts: PromptSet, comps: list[Completion], rows: list[int]) -> RewardBatch:
@@ -74,27 +75,29 @@ class Rewarder:
         completions = [[{"role": "assistant", "content": t}] for t in texts] if prompts.conversational else texts
         columns = {k: [v[r] for r in rows] for k, v in prompts.columns.items()}
         columns["completion_ids"] = [c.completion_ids for c in comps]
-        return score_completions(self.names, self.weights, [prompts.prompts[r] for r in rows], completions, columns,
-                                 timeout_s=self.timeout_s)
+        return score_completions(self.funcs, self.weights, [prompts.prompts[r] for r in rows], completions, columns,
+                                 names=self.metric_names, timeout_s=self.timeout_s)
 
 
-def load_prompts(cfg, tokenizer) -> PromptSet:
-    """Load and validate the dataset, render the template, tokenize, check prompt lengths (`cfg` is a
-    GRPOConfig)."""
-    ds = load_dataset_rows(cfg.dataset_name, cfg.dataset_train_split, prompt_column=cfg.dataset_prompt_column,
+def load_prompts(cfg, tokenizer, split: str, max_prompt_length: int | None = None) -> PromptSet:
+    """Load and validate `split` of the dataset, render the template, tokenize, check prompt lengths.
+
+    `cfg` is a config with the dataset_*, template, system_prompt and model fields of GRPOConfig (or
+    SampleConfig)."""
+    ds = load_dataset_rows(cfg.dataset_name, split, prompt_column=cfg.dataset_prompt_column,
                            answer_column=cfg.dataset_answer_column, dataset_config=cfg.dataset_config,
                            num_rows=cfg.dataset_num_rows, seed=cfg.seed)
     prompts = ds["prompt"]
     check_chat_template(cfg, tokenizer)
     texts, prompt_ids = tokenize_prompts(prompts, tokenizer, cfg.template, cfg.system_prompt)
-    too_long = [i for i, ids in enumerate(prompt_ids) if len(ids) > cfg.max_prompt_length]
+    too_long = [i for i, ids in enumerate(prompt_ids) if max_prompt_length and len(ids) > max_prompt_length]
     if too_long:
         i = too_long[0]
         raise DataError(f"{cfg.dataset_name}: row {i}: 'prompt' is {len(prompt_ids[i])} tokens after the "
-                        f"'{cfg.template}' template, over max_prompt_length={cfg.max_prompt_length} "
+                        f"'{cfg.template}' template, over max_prompt_length={max_prompt_length} "
                         f"({len(too_long)} row(s) in all)")
     columns = {k: ds[k] for k in ds.column_names if k != "prompt"}
-    fingerprint = hashlib.sha256(json.dumps([texts, columns["solution"]], default=str).encode()).hexdigest()[:16]
+    fingerprint = hashlib.sha256(json.dumps([texts, columns.get("solution")], default=str).encode()).hexdigest()[:16]
     return PromptSet(prompts, texts, prompt_ids, columns, is_conversation(prompts[0]), fingerprint)
 
 
