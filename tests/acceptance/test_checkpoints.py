@@ -80,10 +80,14 @@ class Runner:
     def kill9_when_stalled(self, pid: int, marker: Path) -> None:
         """Wait for the job to reach its stall (it writes `marker`, then sleeps until killed); a job
         that ends instead (reaped by the runner) fails here at once, with its log."""
-        while not marker.exists():
+        hang_guard = time.monotonic() + 600  # not a speed check: a tiny job reaches its stall in seconds;
+        while not marker.exists():           # this only keeps a deadlocked job from hanging the suite
             if ended(pid):
                 assert marker.exists(), (f"job {pid} ended without reaching its stall: "
                                          f"{Path(self.log.name).read_text()[-3000:]}")
+            if time.monotonic() > hang_guard:
+                os.kill(pid, signal.SIGKILL)
+                pytest.fail(f"job {pid} neither reached its stall nor ended in 600 s (deadlock?); see {self.log.name}")
             time.sleep(0.02)
         marker.unlink()
         self.kill9(pid)
