@@ -4,6 +4,7 @@ Tensors and floats in, tensors out; torch only (no config objects, no I/O, no tr
 """
 
 from .advantages import SCALES, group_advantages, zero_std_groups
+from .drift import sampler_drift
 from .kl import KL_ESTIMATORS, LOG_RATIO_CLAMP, kl_estimate
 from .logprobs import DEFAULT_CHUNK_SIZE, entropy_from_logits, masked_mean, selective_log_softmax
 from .loss import AGGREGATIONS, loss_normalizer, policy_loss
@@ -20,6 +21,7 @@ __all__ = [
     "loss_normalizer",
     "masked_mean",
     "policy_loss",
+    "sampler_drift",
     "selective_log_softmax",
     "zero_std_groups",
 ]

@@ -26,22 +26,31 @@ class Batch:
     position_ids: torch.Tensor    # [B, P + T]
     completion_mask: torch.Tensor  # [B, T]     1 on completion tokens that enter the loss
     prompt_len: int               # P
+    sampler_logps: torch.Tensor | None = None  # [B, T]  the engine's log-probs of the completion tokens
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
+    @property
+    def completion_tokens(self) -> torch.Tensor:
+        """[B, T] 1 on every real completion token (also of rows masked out of the loss)."""
+        return self.attention_mask[:, self.prompt_len:]
+
     def select(self, idx: slice | torch.Tensor) -> "Batch":
         return Batch(self.input_ids[idx], self.attention_mask[idx], self.position_ids[idx],
-                     self.completion_mask[idx], self.prompt_len)
+                     self.completion_mask[idx], self.prompt_len,
+                     None if self.sampler_logps is None else self.sampler_logps[idx])
 
     def to(self, device) -> "Batch":
         return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.position_ids.to(device),
-                     self.completion_mask.to(device), self.prompt_len)
+                     self.completion_mask.to(device), self.prompt_len,
+                     None if self.sampler_logps is None else self.sampler_logps.to(device))
 
 
 def collate(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int,
-            loss_mask: list[bool] | None = None) -> Batch:
-    """Left-pad prompts, right-pad completions; `loss_mask[i]=False` masks row i out of the loss."""
+            loss_mask: list[bool] | None = None, sampler_logps: list[list[float]] | None = None) -> Batch:
+    """Left-pad prompts, right-pad completions; `loss_mask[i]=False` masks row i out of the loss.
+    `sampler_logps[i]` (one per completion token, as the engine reported them) become `Batch.sampler_logps`."""
     B = len(prompt_ids)
     P = max(len(p) for p in prompt_ids)
     T = max(1, max(len(c) for c in completion_ids))
@@ -57,7 +66,12 @@ def collate(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id
     completion_mask = attn[:, P:].float()  # [B, T]
     if loss_mask is not None:
         completion_mask = completion_mask * torch.tensor(loss_mask, dtype=torch.float32)[:, None]  # [B, T]
-    return Batch(input_ids, attn, position_ids, completion_mask, P)
+    engine_logps = None
+    if sampler_logps is not None:
+        engine_logps = torch.zeros((B, T), dtype=torch.float32)  # [B, T]
+        for i, lp in enumerate(sampler_logps):
+            engine_logps[i, :len(lp)] = torch.tensor(lp, dtype=torch.float32)
+    return Batch(input_ids, attn, position_ids, completion_mask, P, engine_logps)
 
 
 def _prompt_groups(ids: torch.Tensor, attn: torch.Tensor):

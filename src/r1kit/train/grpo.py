@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from r1kit.algo import group_advantages, loss_normalizer, masked_mean, policy_loss
+from r1kit.algo import group_advantages, loss_normalizer, masked_mean, policy_loss, sampler_drift
 from r1kit.data.datasets import DataError
 from r1kit.models.loading import load_model_and_tokenizer
 from r1kit.rewards import get_reward, language_mixing_rate, reward_metrics
@@ -76,14 +76,14 @@ def train(cfg: GRPOConfig, callback=None) -> Path:
             t_step = time.perf_counter()
             roll, gen = sample_and_score(run, engine, sampling, prompts, rewarder, prompts_per_step, step)  # 1-3
             advantages = compute_advantages(run, roll, cfg).to(run.device)  # 4. [B]
-            batch = collate([c.prompt_ids for c in roll.completions], [c.completion_ids for c in roll.completions],
-                            tokenizer.pad_token_id, keep_mask(roll, cfg)).to(run.device)  # 5.
+            batch = make_batch(roll, tokenizer.pad_token_id, cfg).to(run.device)  # 5.
             old_logps, ref_logps = old_and_reference_logps(model, ref_model, batch, cfg)
             t_train = time.perf_counter()
             stats = policy_update(run, model, batch, advantages, old_logps, ref_logps, step)  # 6.
+            drift = sampler_drift_metrics(run.rt, batch, old_logps if old_logps is not None else stats.pass0_logps)
             run.sync_engine(engine)  # 7. the engine samples from the new policy next step
             timings = {"generate": gen.seconds, "train": time.perf_counter() - t_train}
-            metrics = step_metrics(run, roll, advantages, gen, stats, timings, isolation, t_step)  # 8.
+            metrics = step_metrics(run, roll, advantages, gen, stats, timings, isolation, t_step) | drift  # 8.
             if callback is not None:
                 metrics.update(callback(step, run.full_model(), engine) or {})
             if cfg.log_completions:
@@ -130,9 +130,14 @@ def compute_advantages(run: TrainRun, roll: Rollouts, cfg: GRPOConfig) -> torch.
     return run.rt.shard(group_advantages(everyone, cfg.num_generations, scale=cfg.scale_rewards))  # [B]
 
 
-def keep_mask(roll: Rollouts, cfg: GRPOConfig) -> list[bool]:
-    """Which completions enter the loss: all, or (mask_truncated_completions) those not cut at the limit."""
-    return [not (cfg.mask_truncated_completions and c.finish_reason == "length") for c in roll.completions]
+def make_batch(roll: Rollouts, pad_id: int, cfg: GRPOConfig) -> Batch:
+    """Step 5: the rollouts as tensors. Every completion enters the loss, or (mask_truncated_completions)
+    those not cut at the limit; the engine's log-probs come along when it reported one per token."""
+    comps = roll.completions
+    keep = [not (cfg.mask_truncated_completions and c.finish_reason == "length") for c in comps]
+    reported = all(len(c.logprobs) == len(c.completion_ids) for c in comps)
+    return collate([c.prompt_ids for c in comps], [c.completion_ids for c in comps], pad_id, keep,
+                   [c.logprobs for c in comps] if reported else None)
 
 
 def old_and_reference_logps(model, ref_model, batch: Batch, cfg: GRPOConfig):
@@ -156,6 +161,7 @@ class LossStats:
     tokens: float = 0.0  # loss tokens summed over micro-batches and passes (this rank)
     loss: float = 0.0  # mean over the mu passes of the summed micro-batch losses (this rank)
     grad_norm: float = 0.0  # of the last update, before clipping
+    pass0_logps: torch.Tensor | None = None  # [B, T] the trainer's log-probs in the first pass (before any update)
 
     def add(self, stats: dict, n_tokens: float) -> None:
         for k, v in stats.items():
@@ -170,6 +176,7 @@ def policy_update(run: TrainRun, model, batch: Batch, advantages: torch.Tensor, 
     cfg, rt, mbs = run.cfg, run.rt, run.cfg.per_device_train_batch_size
     norm = rt.sum(loss_normalizer(batch.completion_mask, cfg.loss_type, cfg.max_completion_length)) / rt.world_size
     out = LossStats({})
+    first_pass: list[torch.Tensor] = []
     for _ in range(cfg.num_iterations):
         loss_sum = 0.0
         for s in range(0, len(batch), mbs):
@@ -177,6 +184,8 @@ def policy_update(run: TrainRun, model, batch: Batch, advantages: torch.Tensor, 
             mb = batch.select(sl)
             logps, entropy = completion_logps(model, mb, cfg.temperature, with_entropy=True)  # [b, T]
             old = old_logps[sl] if old_logps is not None else logps.detach()  # mu = 1: ratio is 1
+            if old_logps is None:  # mu = 1: one pass, whose log-probs are the sampling policy's
+                first_pass.append(old)
             loss, stats = policy_loss(logps, old, advantages[sl], mb.completion_mask,
                                       loss_type=cfg.loss_type, eps_low=cfg.epsilon, eps_high=cfg.epsilon_high,
                                       beta=cfg.beta, ref_logp=None if ref_logps is None else ref_logps[sl],
@@ -188,7 +197,25 @@ def policy_update(run: TrainRun, model, batch: Batch, advantages: torch.Tensor, 
             out.add(stats, mb.completion_mask.sum().item())
         out.grad_norm = run.update(step)
         out.loss += loss_sum / cfg.num_iterations
+    out.pass0_logps = torch.cat(first_pass) if first_pass else None
     return out
+
+
+def sampler_drift_metrics(rt, batch: Batch, trainer_logps: torch.Tensor | None) -> dict:
+    """The rollout engine's log-probs against the trainer's for the policy that sampled (TRL's names):
+    float noise when the engine follows the trainer, growing when its weights are stale. Over all ranks;
+    none when the engine reported no log-probs."""
+    if batch.sampler_logps is None or trainer_logps is None:
+        return {}
+    d = {k: float(v) for k, v in sampler_drift(trainer_logps, batch.sampler_logps, batch.completion_tokens).items()}
+    tokens = rt.sum(d["tokens"])
+    if tokens == 0:
+        return {}
+    return {"sampling/sampling_logp_difference/mean": rt.sum(d["abs_diff_sum"]) / tokens,
+            "sampling/sampling_logp_difference/max": rt.max(d["abs_diff_max"]),
+            "sampling/importance_sampling_ratio/min": rt.min(d["ratio_min"]),
+            "sampling/importance_sampling_ratio/mean": rt.sum(d["ratio_sum"]) / tokens,
+            "sampling/importance_sampling_ratio/max": rt.max(d["ratio_max"])}
 
 
 def step_metrics(run: TrainRun, roll: Rollouts, advantages: torch.Tensor, gen: Generation, stats: LossStats,
