@@ -27,6 +27,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("rewards",),           # reward functions: task verifiers, code in the sandbox, reward models
     ("rollout",),           # generation engines
     ("eval",),              # R1's evaluation protocol: rollouts scored by task verifiers / rewards
+    ("diagnose",),          # run diagnostics: the doctor's rules over metric rows, the live monitor, plan, report
     ("train",),             # the trainers (GRPO, SFT, reward model) and rejection sampling
     ("tiny_world",),        # the tiny world: corpus, base-model pretraining, probe, `r1kit demo` (runs GRPO)
     ("pipeline",),          # DeepSeek-R1's recipe: runs every trainer, the tiny world's data

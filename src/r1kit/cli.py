@@ -28,6 +28,7 @@ COMMANDS = {
     "eval": ("r1kit.eval.cli_eval:EvalConfig", "r1kit.eval.cli_eval:run_eval", "pass@1 over k samples, cons@k, pass@k with a bootstrap interval (R1's protocol)."),
     "sample": ("r1kit.train.sample_config:SampleConfig", "r1kit.train.sample:run_sample", "Rejection sampling: k samples per prompt, verified, filtered, deduplicated, decontaminated -> SFT data."),
     "rm": ("r1kit.train.rm_config:RMConfig", "r1kit.train.rm:train", "Train a Bradley-Terry reward model on chosen/rejected pairs (helpfulness/harmlessness)."),
+    "doctor": ("r1kit.diagnose.doctor:DoctorConfig", "r1kit.diagnose.doctor:run_doctor", "What a run's logs say is wrong (no learning signal, collapse, blow-ups, failing rewards...) and what to try."),
     "pipeline": ("r1kit.pipeline:PipelineConfig", "r1kit.pipeline:run_pipeline", "DeepSeek-R1's whole recipe: cold start, reasoning RL, rejection sampling, SFT, RL for all scenarios, distillation."),
 }
 

@@ -1,0 +1,1 @@
+"""Run diagnostics: what a run will need before it starts, and what its logs say once it has run."""
