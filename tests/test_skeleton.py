@@ -60,3 +60,26 @@ def test_train_state_round_trips_through_a_checkpoint_dict():
     # a checkpoint written before reward_errors existed (SFT/RM) still loads, with no errors counted
     old = {k: v for k, v in saved.items() if k != "reward_errors"}
     assert TrainState.from_checkpoint(old).reward_errors == {}
+
+
+def test_live_doctor_warns_once_per_problem_during_training(tmp_path, caplog):
+    """`r1kit doctor`'s rules run in the trainer: completions cut at a 3-token limit on every step give one
+    `clipped_completions` warning, at the step the rule first fires, not one per step."""
+    import logging
+
+    from r1kit.diagnose.doctor import diagnose_run
+    from r1kit.train.grpo import train as grpo_train
+    from r1kit.train.grpo_config import GRPOConfig
+
+    cfg = GRPOConfig(model_name_or_path="r1kit:tiny", dataset_name="r1kit:arithmetic", dataset_num_rows=32,
+                     num_generations=4, per_device_train_batch_size=8, max_completion_length=3, max_steps=8,
+                     save_steps=0, reward_funcs=["format"], output_dir=str(tmp_path / "run"), disable_tqdm=True)
+    with caplog.at_level(logging.WARNING, logger="r1kit.doctor"):
+        out = grpo_train(cfg)
+    titles = [r.getMessage().split(" at step")[0] for r in caplog.records if r.name == "r1kit.doctor"]
+    assert len(titles) == len(set(titles)), titles  # each problem warned about once, however many steps show it
+    assert all(r["completions/clipped_ratio"] == 1.0 for r in read_metrics(out))
+    # the doctor, reading the finished run, finds exactly what the live monitor warned about
+    findings = diagnose_run(out).findings
+    assert "clipped_completions" in {f.rule for f in findings}
+    assert sorted(titles) == sorted(f.title for f in findings)

@@ -86,10 +86,11 @@ def train(cfg: GRPOConfig, callback=None) -> Path:
             metrics = step_metrics(run, roll, advantages, gen, stats, timings, isolation, t_step) | drift  # 8.
             if callback is not None:
                 metrics.update(callback(step, run.full_model(), engine) or {})
-            if cfg.log_completions:
-                run.tracker.log_completions(step, gather_completion_rows(run, roll, advantages, prompts))
+            rows = gather_completion_rows(run, roll, advantages, prompts) if cfg.log_completions else None
+            if rows is not None:
+                run.tracker.log_completions(step, rows)
             run.end_step(step, metrics, {"reward": f"{metrics.get('reward', math.nan):.3f}",
-                                         "len": f"{metrics['completions/mean_length']:.0f}"})
+                                         "len": f"{metrics['completions/mean_length']:.0f}"}, completions=rows)
     return run.finish()
 
 

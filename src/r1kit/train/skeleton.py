@@ -31,11 +31,12 @@ import torch
 from tqdm.auto import tqdm
 
 from r1kit.config import to_dict
+from r1kit.diagnose.monitor import Monitor
 from r1kit.models.loading import enable_activation_checkpointing, save_model
 from r1kit.train.checkpoint import STATE_FILE, check_resume, find_checkpoint, load_checkpoint, save_checkpoint
 from r1kit.train.optim import apply_update, make_optimizer
 from r1kit.train.sampler import PromptSampler
-from r1kit.train.tracking import Tracker
+from r1kit.train.tracking import Tracker, read_metrics
 from r1kit.utils.dist import Runtime
 
 log = logging.getLogger("r1kit.train")
@@ -108,6 +109,10 @@ class TrainRun:
         self.state.sampler = self.sampler.state_dict()
         self.tracker = Tracker(str(self.out), cfg.report_to, to_dict(cfg), enabled=self.rt.is_main,
                                resume_step=self.state.step if cfg.resume_from_checkpoint else None)
+        # `r1kit doctor`'s rules, live: one warning the first time each problem shows (main process)
+        self.monitor = Monitor(to_dict(cfg) | {"world_size": self.rt.world_size}) if self.rt.is_main else None
+        if self.monitor is not None and cfg.resume_from_checkpoint and (self.out / "metrics.jsonl").is_file():
+            self.monitor.replay(read_metrics(str(self.out)))  # the rows before the resume, without re-warning
         self.bar = tqdm(total=total_steps, initial=self.state.step, disable=cfg.disable_tqdm or not self.rt.is_main,
                         desc=self.name, dynamic_ncols=True)
 
@@ -143,12 +148,16 @@ class TrainRun:
         """The rollout engine samples from the current weights from now on (every rank calls this)."""
         engine.update_weights(self.full_model())
 
-    def end_step(self, step: int, metrics: dict, postfix: dict, force_log: bool = False) -> None:
-        """Log `metrics` every `logging_steps`, at the last step and when `force_log`; show `postfix` on the
-        progress bar; record the data position; checkpoint every `save_steps` and at the last step."""
+    def end_step(self, step: int, metrics: dict, postfix: dict, force_log: bool = False,
+                 completions: list[dict] | None = None) -> None:
+        """Log `metrics` every `logging_steps`, at the last step and when `force_log`, and check them with
+        the doctor's rules (with the step's logged `completions`, if any); show `postfix` on the progress
+        bar; record the data position; checkpoint every `save_steps` and at the last step."""
         cfg = self.cfg
         if step % cfg.logging_steps == 0 or step == self.total_steps or force_log:
             self.tracker.log(step, metrics)
+            if self.monitor is not None:
+                self.monitor.observe(step, metrics, completions)
         self.bar.set_postfix(postfix)
         self.bar.update(1)
         self.state.step = step
