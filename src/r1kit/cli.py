@@ -29,6 +29,7 @@ COMMANDS = {
     "sample": ("r1kit.train.sample_config:SampleConfig", "r1kit.train.sample:run_sample", "Rejection sampling: k samples per prompt, verified, filtered, deduplicated, decontaminated -> SFT data."),
     "rm": ("r1kit.train.rm_config:RMConfig", "r1kit.train.rm:train", "Train a Bradley-Terry reward model on chosen/rejected pairs (helpfulness/harmlessness)."),
     "doctor": ("r1kit.diagnose.doctor:DoctorConfig", "r1kit.diagnose.doctor:run_doctor", "What a run's logs say is wrong (no learning signal, collapse, blow-ups, failing rewards...) and what to try."),
+    "report": ("r1kit.diagnose.report:ReportConfig", "r1kit.diagnose.report:run_report", "One self-contained report.html of a run: its curves, sampled completions per step with their rewards, its config."),
     "pipeline": ("r1kit.pipeline:PipelineConfig", "r1kit.pipeline:run_pipeline", "DeepSeek-R1's whole recipe: cold start, reasoning RL, rejection sampling, SFT, RL for all scenarios, distillation."),
 }
 

@@ -6,6 +6,8 @@ import html
 import json
 from pathlib import Path
 
+from r1kit.diagnose.report import Series, line_chart_png
+
 METRICS = [  # (eval key, label)
     ("pass@1", "pass@1"),
     ("cons@k", "cons@k"),
@@ -100,13 +102,7 @@ def _ci_err(evals: list[dict]) -> list | None:
 
 
 def _curves(path: Path, out: Path, stages: list[str]) -> bool:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.4), dpi=100)
-    drawn = False
+    series = []
     for stage in stages:
         f = out / stage / "model" / "metrics.jsonl"
         if not f.is_file():
@@ -114,18 +110,11 @@ def _curves(path: Path, out: Path, stages: list[str]) -> bool:
         pts = [(r["step"], r["reward"]) for r in map(json.loads, f.read_text().splitlines())
                if isinstance(r.get("reward"), (int, float))]
         if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", lw=1.2, label=stage)
-            drawn = True
-    if drawn:
-        ax.set_xlabel("GRPO step")
-        ax.set_ylabel("mean total reward")
-        ax.set_title("Training reward of the RL stages (weights differ by stage)", fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(path)
-    plt.close(fig)
-    return drawn
+            series.append(Series([p[0] for p in pts], [p[1] for p in pts], label=stage, marker="."))
+    if series:
+        path.write_bytes(line_chart_png(series, "Training reward of the RL stages (weights differ by stage)",
+                                        "mean total reward", xlabel="GRPO step", size=(6, 3.4)))
+    return bool(series)
 
 
 def write_report(out: Path, summary: dict) -> Path:

@@ -6,6 +6,8 @@ import html
 import json
 from pathlib import Path
 
+from r1kit.diagnose.report import Series, line_chart_png
+
 PLOTS = [  # (file, metrics key, title, y label)
     ("reward.png", "reward", "Training reward", "mean reward"),
     ("length.png", "completions/mean_length", "Mean response length (cf. R1 paper, Figure 3)", "tokens"),
@@ -15,25 +17,8 @@ PLOTS = [  # (file, metrics key, title, y label)
 
 
 def _plot(path: Path, xs, ys, title: str, ylabel: str, smooth: bool = True) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.2), dpi=110)
-    ax.plot(xs, ys, color="#9bb", lw=1, label="per step" if smooth else None, marker=None if smooth else "o")
-    if smooth and len(ys) >= 5:
-        w = max(3, len(ys) // 10)
-        avg = [sum(ys[max(0, i - w + 1):i + 1]) / len(ys[max(0, i - w + 1):i + 1]) for i in range(len(ys))]
-        ax.plot(xs, avg, color="#06c", lw=2, label=f"moving mean ({w})")
-        ax.legend(fontsize=8)
-    ax.set_title(title, fontsize=10)
-    ax.set_xlabel("GRPO step")
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    series = Series(xs, ys, smooth=smooth, smooth_from=5, marker=None if smooth else "o")
+    path.write_bytes(line_chart_png([series], title, ylabel, xlabel="GRPO step", size=(5.5, 3.2), dpi=110))
 
 
 def write_report(out: Path, summary: dict, metrics: list[dict], before_samples: list[dict],
