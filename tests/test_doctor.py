@@ -344,6 +344,8 @@ def test_r1kit_doctor_command(tmp_path, capsys):
     write_run(tmp_path / "ok", healthy())
     assert cli_main(["doctor", "--run_dir", str(tmp_path / "ok")]) == 0
     assert "no problems found" in capsys.readouterr().out
+    assert cli_main(["doctor", str(tmp_path / "ok")]) == 0  # the bare form, as the README writes it
+    assert "no problems found" in capsys.readouterr().out
     write_run(tmp_path / "bad", plant(healthy(), "grad_norm", lambda t, v: 50.0 if t == 12 else v))
     with pytest.raises(SystemExit) as exit_:
         cli_main(["doctor", "--run_dir", str(tmp_path / "bad"), "--json"])

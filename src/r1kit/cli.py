@@ -33,6 +33,9 @@ COMMANDS = {
     "pipeline": ("r1kit.pipeline:PipelineConfig", "r1kit.pipeline:run_pipeline", "DeepSeek-R1's whole recipe: cold start, reasoning RL, rejection sampling, SFT, RL for all scenarios, distillation."),
 }
 
+# Commands that take one bare argument: `r1kit doctor RUN_DIR` is `r1kit doctor --run_dir RUN_DIR`.
+POSITIONAL = {"doctor": "run_dir", "report": "run_dir"}
+
 USAGE = f"""r1kit {__version__}: train reasoning language models the way DeepSeek-R1 was trained.
 
 usage: r1kit <command> [--config recipe.yaml] [--key value ...]
@@ -59,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"r1kit: unknown command '{command}'\n\n{USAGE}", file=sys.stderr)
         return 2
+    if command in POSITIONAL and rest and not rest[0].startswith("-"):
+        rest = [f"--{POSITIONAL[command]}", *rest]
     cls_path, run_path, purpose = COMMANDS[command]
     try:
         cls = _load(cls_path)
@@ -66,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"r1kit {command}: not available in this install ({e})", file=sys.stderr)
         return 2
     if "-h" in rest or "--help" in rest:
-        print(f"usage: r1kit {command} [--config recipe.yaml] [--key value ...]\n\n{purpose}\n\noptions:\n"
+        first = f"{POSITIONAL[command].upper()} " if command in POSITIONAL else ""
+        print(f"usage: r1kit {command} {first}[--config recipe.yaml] [--key value ...]\n\n{purpose}\n\noptions:\n"
               f"{describe(cls)}")
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
