@@ -28,6 +28,7 @@ COMMANDS = {
     "eval": ("r1kit.eval.cli_eval:EvalConfig", "r1kit.eval.cli_eval:run_eval", "pass@1 over k samples, cons@k, pass@k with a bootstrap interval (R1's protocol)."),
     "sample": ("r1kit.train.sample_config:SampleConfig", "r1kit.train.sample:run_sample", "Rejection sampling: k samples per prompt, verified, filtered, deduplicated, decontaminated -> SFT data."),
     "rm": ("r1kit.train.rm_config:RMConfig", "r1kit.train.rm:train", "Train a Bradley-Terry reward model on chosen/rejected pairs (helpfulness/harmlessness)."),
+    "plan": ("r1kit.train.grpo_config:GRPOConfig", "r1kit.diagnose.plan:run_plan", "Before a GRPO run: memory per device (weights, gradients, AdamW, activations, KV cache), tokens, FLOPs, step time; what to change when it does not fit."),
     "doctor": ("r1kit.diagnose.doctor:DoctorConfig", "r1kit.diagnose.doctor:run_doctor", "What a run's logs say is wrong (no learning signal, collapse, blow-ups, failing rewards...) and what to try."),
     "report": ("r1kit.diagnose.report:ReportConfig", "r1kit.diagnose.report:run_report", "One self-contained report.html of a run: its curves, sampled completions per step with their rewards, its config."),
     "pipeline": ("r1kit.pipeline:PipelineConfig", "r1kit.pipeline:run_pipeline", "DeepSeek-R1's whole recipe: cold start, reasoning RL, rejection sampling, SFT, RL for all scenarios, distillation."),
@@ -35,6 +36,8 @@ COMMANDS = {
 
 # Commands that take one bare argument: `r1kit doctor RUN_DIR` is `r1kit doctor --run_dir RUN_DIR`.
 POSITIONAL = {"doctor": "run_dir", "report": "run_dir"}
+# Commands whose options are another command's config plus their own: `r1kit plan` reads a GRPO recipe.
+EXTENDS = {"plan": "r1kit.diagnose.plan:plan_config_class"}
 
 USAGE = f"""r1kit {__version__}: train reasoning language models the way DeepSeek-R1 was trained.
 
@@ -67,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     cls_path, run_path, purpose = COMMANDS[command]
     try:
         cls = _load(cls_path)
+        if command in EXTENDS:
+            cls = _load(EXTENDS[command])(cls)
     except (ImportError, AttributeError) as e:
         print(f"r1kit {command}: not available in this install ({e})", file=sys.stderr)
         return 2

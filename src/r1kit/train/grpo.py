@@ -23,6 +23,7 @@ import torch
 
 from r1kit.algo import group_advantages, loss_normalizer, masked_mean, policy_loss, sampler_drift
 from r1kit.data.datasets import DataError
+from r1kit.diagnose.plan import preflight
 from r1kit.models.loading import load_model_and_tokenizer
 from r1kit.rewards import get_reward, language_mixing_rate, reward_metrics
 from r1kit.rewards.reflection import reflection_rate
@@ -46,6 +47,7 @@ def train(cfg: GRPOConfig, callback=None) -> Path:
     dict it returns joins that step's metrics (the demo logs held-out accuracy this way).
     """
     run = TrainRun(cfg, "grpo", also_resumable=ALSO_RESUMABLE)
+    check_fits(cfg, run.rt.world_size)  # `r1kit plan`'s estimate: stop now, with what to change, if it cannot fit
 
     # ---- model, reference model, prompts, rewards, rollout engine, optimizer ---------------------
     model, tokenizer = load_model_and_tokenizer(cfg.model_name_or_path, dtype=cfg.dtype, device=str(run.device),
@@ -296,6 +298,21 @@ def reference_model(model):
     for p in ref.parameters():
         p.requires_grad_(False)
     return ref
+
+
+def check_fits(cfg: GRPOConfig, world_size: int) -> None:
+    """Before loading anything: the planner's predicted peak memory per device against the device's memory
+    (this machine's RAM on CPU); a run that cannot fit stops here with the changes that would make it fit.
+    The planner never stops a run it cannot read (a model config it does not know): it warns and goes on."""
+    with torch.random.fork_rng(devices=[]):  # the planner may build a tiny model: keep the run's RNG as it was
+        try:
+            result = preflight(cfg, world_size=world_size)
+        except Exception as e:  # noqa: BLE001 - an estimate must not be the reason a run fails
+            log.warning("r1kit plan could not estimate this run's memory (%s: %s); not checked", type(e).__name__, e)
+            return
+    if not result.fits:
+        raise ValueError(f"this run does not fit: {result.advice_text} (r1kit plan --config ... shows the "
+                         f"whole estimate)")
 
 
 def sandbox_check(reward_funcs: list[str], allow_unsandboxed: bool) -> str | None:
