@@ -222,12 +222,12 @@ def main() -> None:
                         "measured_phase": got["phase"], "raised": got["raised"], "ratio": ratio,
                         "live_heap_peak_bytes": got["live_peak"],
                         "seconds": got["seconds"]})
+            if args.json:  # after every row: a long run that is stopped keeps what it measured
+                Path(args.json).write_text(json.dumps(out, indent=1))
     worst = max(out, key=lambda r: abs(r["ratio"] - 1))
     print(f"\nworst row: ratio {worst['ratio']:.2f} ({worst['workload']}, micro-batch {worst['micro_batch']}, "
           f"checkpointing {worst['gradient_checkpointing']}); within +-25%: "
           f"{sum(abs(r['ratio'] - 1) <= 0.25 for r in out)} of {len(out)} rows")
-    if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":

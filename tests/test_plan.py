@@ -65,6 +65,14 @@ def test_lora_trains_only_the_adapters():
     assert e.components["weights"] == (1_000_000 + 1792) * 4  # the frozen base + the adapters
 
 
+def test_lora_dropout_keeps_each_wrapped_layers_input():
+    m = toy()  # wrapped per layer (2 layers): q_proj (in 64) + down_proj (in 256) -> 160 inputs per layer
+    plain = training_activations(m, setup(lora_r=4), checkpointing=False)["saved"]
+    dropped = training_activations(m, setup(lora_r=4, lora_dropout=0.05), checkpointing=False)["saved"]
+    tokens = 1 * 100 + 8 * 50  # one prompt (8 rows of a group of 8) + 8 completions
+    assert dropped - plain == 2 * tokens * 160 * (4 + 1)  # dropped fp32 input + 1-byte mask
+
+
 def test_lora_count_matches_peft_on_the_tiny_model():
     from peft import get_peft_model
 
@@ -104,6 +112,11 @@ def test_gguf_shape_from_its_metadata():
     assert (shape.source, shape.model_type, shape.params) == ("gguf", "llama", 134_515_008)
     assert (shape.layers, shape.hidden, shape.heads, shape.kv_heads, shape.vocab, shape.tied) == (30, 576, 9, 3, 49152, True)
     assert shape.dtype is None and shape.file_bytes > 0  # dtype=auto loads a GGUF as float32
+
+
+def test_an_unreadable_model_is_a_named_error(tmp_path):
+    with pytest.raises(ValueError, match="cannot read the model's config"):
+        model_shape(str(tmp_path / "no-such-model"))
 
 
 def test_reference_model_only_with_beta_and_without_lora():
@@ -197,7 +210,7 @@ def test_a_run_that_does_not_fit_says_so_with_advice_most_effective_first():
     peaks = [a.peak_memory_bytes for a in single]
     assert peaks == sorted(peaks) and all(p < r.peak_memory_bytes for p in peaks)  # the first lowers it most
     assert single[0].change == "gradient_checkpointing: true"  # 148 GB of activations + logits at micro-batch 64
-    assert {"gradient_checkpointing", "per_device_train_batch_size", "lora_r", "num_generations",
+    assert {"gradient_checkpointing", "per_device_train_batch_size", "num_generations",
             "max_completion_length"} <= {k for a in single for k in a.settings}
     assert "DOES NOT FIT" in r.to_text() and "most effective first" in r.advice_text
     # no single change at its standard strength fits 24 GB; the micro-batch one names the size that does, and
@@ -211,6 +224,15 @@ def test_a_run_that_does_not_fit_says_so_with_advice_most_effective_first():
         settings, peak = (a.settings, a.peak_memory_bytes) if isinstance(a, Advice) else (a["settings"], a["peak_memory_bytes"])
         again = plan(big_cfg(**settings), device="H100", device_memory="24GB", shape=QWEN_05B)
         assert again.fits and again.peak_memory_bytes == peak
+
+
+def test_when_weights_and_adamw_dominate_lora_and_fsdp2_come_first():
+    seven_b = replace(QWEN_05B, name="7b-like", params=7_000_000_000, largest_layer=230_000_000)
+    cfg = big_cfg(per_device_train_batch_size=1, gradient_accumulation_steps=64, max_completion_length=256)
+    r = plan(cfg, world_size=8, device="A100-40GB", shape=seven_b)  # 14 GB weights + 14 GB grads + 28 GB AdamW
+    assert not r.fits
+    assert [a.change.split(":")[0] for a in r.advice[:2]] == ["lora_r", "distributed_strategy"]
+    assert r.advice[0].fits and r.advice[1].fits
 
 
 def test_a_run_that_fits_has_no_advice_text():

@@ -173,6 +173,7 @@ def setup_from(cfg, shape: ModelShape, world_size: int, target: Target) -> Setup
         completion_len=int(get("max_completion_length", 256)),
         dtype=resolve_dtype(get("dtype", "auto"), shape), beta=float(get("beta", 0.0)),
         lora_r=lora_r, lora_targets=get("lora_target_modules", None) or "all-linear",
+        lora_dropout=float(get("lora_dropout", 0.0) or 0.0),
         gradient_checkpointing=bool(get("gradient_checkpointing", False)), strategy=strategy,
         world_size=max(1, int(world_size)), engine=engine,
         vllm_memory_fraction=float(kw.get("gpu_memory_utilization", 0.3)), vllm_sleep=bool(kw.get("sleep", True)),

@@ -18,16 +18,17 @@ from r1kit.rollout.fast_decoder import SUPPORTED_ARCHITECTURES as FAST_DECODER_T
 
 # Peak RSS of a CPU GRPO process besides the model, optimizer, activations and rollout buffers it
 # holds: Python, torch, transformers, datasets, the reward functions' imports, the tokenizer, the
-# prompts, glibc's arenas. Calibrated by bench/bench_plan.py: the smallest tiny-model runs peak at
-# 520-530 MB RSS with under 15 MB of predicted tensors (bench/RESULTS.md, "Planner accuracy").
+# prompts, glibc's arenas. Calibrated by bench/bench_plan.py: its smallest tiny-model rows peak at 580 MB
+# RSS with 45-65 MB of predicted tensors (bench/RESULTS.md, "Planner accuracy").
 CPU_BASELINE_BYTES = 510 * 10**6
 # CPU only: glibc's heap keeps blocks freed in one step that the next step's differently ordered allocations
 # cannot reuse, so peak RSS exceeds the live tensors. This share of the memory a phase allocates and frees
-# (gradients, activations, logits; rollout buffers) is added to it; fitted on bench/bench_plan.py's runs,
-# where RSS minus the live heap minus the baseline was 0-110% of that memory (median ~40%).
+# (gradients, activations, logits; rollout buffers) is added to it, chosen so that bench/bench_plan.py's
+# first 14 rows centre on 1. Measured there: 0-100% of that memory, 150-160% with LoRA and checkpointing
+# together (those runs are under-predicted by up to a third; bench/RESULTS.md).
 CPU_HEAP_RETENTION = 0.4
-# A CUDA process's memory outside PyTorch's allocator: the CUDA context, cuBLAS/cuDNN workspaces
-# (typically 0.3-0.6 GiB on recent GPUs). An assumption, not measured by r1kit's benchmarks.
+# A CUDA process's memory outside PyTorch's allocator (the CUDA context, cuBLAS workspaces): an assumed
+# 512 MiB, not measured by r1kit's benchmarks (no GPU was available to calibrate it).
 CUDA_RUNTIME_BYTES = 512 * 2**20
 
 
@@ -44,6 +45,7 @@ class Setup:
     beta: float = 0.0
     lora_r: int = 0
     lora_targets: object = "all-linear"
+    lora_dropout: float = 0.0
     gradient_checkpointing: bool = False
     strategy: str = "single"    # single | ddp | fsdp2
     world_size: int = 1
@@ -86,17 +88,27 @@ def groups_in(b: int, G: int) -> int:
     return -(-b // G) + 1
 
 
-def layer_saved(m: ModelShape, s: int, rows: int, q: int, keys: int) -> int:
+def layer_saved(m: ModelShape, s: int, rows: int, q: int, keys: int, extra_per_token: int = 0) -> int:
     """Bytes one decoder layer keeps for backward (transformers' Llama/Qwen2 layer with sdpa and a mask),
     for `rows` x `q` query tokens attending to `keys` keys, as traced with saved_tensors_hooks: per query
     token 7 d (two RMSNorms: input, normalised, scaled; o_proj's input) + H hd (the attention output) +
-    4 I (gate, SiLU, up, their product); per key the K and V expanded to H heads (repeat_kv: a masked
-    sdpa does not take grouped heads); the float mask [q, keys]; the fp32 logsumexp."""
+    4 I (gate, SiLU, up, their product) + `extra_per_token` bytes (LoRA dropout); per key the K and V
+    expanded to H heads (repeat_kv: a masked sdpa does not take grouped heads); the float mask [q, keys];
+    the fp32 logsumexp."""
     per_token = 7 * m.hidden + m.heads * m.head_dim + 4 * m.intermediate
     if m.model_type == "qwen3":  # q_norm / k_norm keep their inputs and outputs
         per_token += 2 * (m.heads + m.kv_heads) * m.head_dim
-    return (s * rows * q * per_token + s * 2 * rows * keys * m.heads * m.head_dim
+    return (s * rows * q * per_token + rows * q * extra_per_token + s * 2 * rows * keys * m.heads * m.head_dim
             + s * rows * q * keys + 4 * rows * m.heads * q)
+
+
+def lora_dropout_bytes(m: ModelShape, u: "Setup") -> int:
+    """Bytes per token per layer that LoRA dropout keeps (lora_dropout > 0; traced: 6.5-7.8 d + I more per
+    token with every linear layer wrapped): each wrapped linear layer's dropped input (its in_features, in
+    the model's dtype) and the dropout mask (1 byte per element)."""
+    if u.lora_r <= 0 or u.lora_dropout <= 0 or m.layers == 0:
+        return 0
+    return sum(i for _, i, _ in m.wrapped(u.lora_targets)) // m.layers * (u.s + 1)
 
 
 def chunk_bytes(m: ModelShape, rows: int) -> int:
@@ -125,18 +137,19 @@ def training_activations(m: ModelShape, u: Setup, checkpointing: bool, grads: in
     share = u.generations > 1 and b > 1
     g = groups_in(b, u.generations) if share else b
     grouped = m.kv_heads < m.heads
+    lf = lora_dropout_bytes(m, u)
     if share:  # each group's prompt runs once (g rows x P), the completions on top (b rows x T, keys P + T)
         seg = [(g, P, P), (b, T, P + T)]
         tokens = g * P + b * T
         cache = L * kv * (b * P + (g * P + b * (P + T) if grouped or checkpointing else 0))
-        prompt_saved = L * layer_saved(m, s, g, P, P) + 3 * m.hidden * s * g * P
-        prompt_held = L * m.hidden * s * g * P + 2 * layer_saved(m, s, g, P, P)
+        prompt_saved = L * layer_saved(m, s, g, P, P, lf) + 3 * m.hidden * s * g * P
+        prompt_held = L * m.hidden * s * g * P + 2 * layer_saved(m, s, g, P, P, lf)
     else:  # one plain forward over [prompt | completion]
         seg = [(b, P + T, P + T)]
         tokens = b * (P + T)
         cache = L * kv * b * (P + T) if grouped or checkpointing else 0
         prompt_saved = prompt_held = 0
-    one_layer = max(layer_saved(m, s, *x) for x in seg)
+    one_layer = max(layer_saved(m, s, *x, lf) for x in seg)
     logits = b * T * m.vocab * s
     chunks = 2 * chunk_bytes(m, b * T)
     E = m.embedding * s if u.lora_r == 0 else 0  # the LM head's / embedding's weight gradient (LoRA: frozen)
@@ -150,7 +163,7 @@ def training_activations(m: ModelShape, u: Setup, checkpointing: bool, grads: in
         ending = cache + prompt_held + end_extra
         saved = held
     else:
-        saved = L * sum(layer_saved(m, s, *x) for x in seg) + 3 * m.hidden * s * tokens
+        saved = L * sum(layer_saved(m, s, *x, lf) for x in seg) + 3 * m.hidden * s * tokens
         forward = saved + cache + logits + chunks
         start = saved + 2 * logits + chunks + E + head_sum
         layers = saved

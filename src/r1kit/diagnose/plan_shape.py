@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from r1kit.models.loading import TINY_PREFIX, shipped_model_path
+from r1kit.models.loading import TINY_PREFIX, ModelLoadError, shipped_model_path
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -49,18 +49,17 @@ class ModelShape:
         (and minus an untied LM head)."""
         return self.params - self.embedding * (1 if self.tied else 2)
 
-    def lora_params(self, r: int, targets="all-linear") -> int:
-        """Trainable parameters of LoRA rank r: r x (in + out) per wrapped linear layer. `targets`:
-        "all-linear" (peft: every linear layer but the LM head) or module names, matched as peft does
-        (the full name, or its last dotted parts)."""
-        if r <= 0:
-            return 0
+    def wrapped(self, targets="all-linear") -> list[tuple[str, int, int]]:
+        """The linear layers LoRA wraps: "all-linear" (peft: every linear layer but the LM head) or module
+        names, matched as peft does (the full name, or its last dotted parts)."""
         if isinstance(targets, str) and targets.lower() == "all-linear":
-            chosen = self.linears
-        else:
-            keys = [targets] if isinstance(targets, str) else list(targets)
-            chosen = [lin for lin in self.linears if any(lin[0] == k or lin[0].endswith("." + k) for k in keys)]
-        return sum(r * (i + o) for _, i, o in chosen)
+            return list(self.linears)
+        keys = [targets] if isinstance(targets, str) else list(targets)
+        return [lin for lin in self.linears if any(lin[0] == k or lin[0].endswith("." + k) for k in keys)]
+
+    def lora_params(self, r: int, targets="all-linear") -> int:
+        """Trainable parameters of LoRA rank r: r x (in + out) per wrapped linear layer."""
+        return sum(r * (i + o) for _, i, o in self.wrapped(targets)) if r > 0 else 0
 
 
 def from_model(model, name: str, source: str = "built", file_bytes: int = 0) -> ModelShape:
@@ -133,7 +132,10 @@ def model_shape(name_or_path: str, trust_remote_code: bool = False) -> ModelShap
         source, file_bytes = "folder", _weights_bytes(path)
     else:
         where = name_or_path
-    config = AutoConfig.from_pretrained(where, **kwargs)
+    try:
+        config = AutoConfig.from_pretrained(where, **kwargs)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"{name_or_path}: cannot read the model's config ({e})") from e
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
     shape = from_model(model, name_or_path, source, file_bytes)
