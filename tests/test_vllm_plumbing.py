@@ -19,7 +19,9 @@ from r1kit.models.loading import lora_config
 from r1kit.models.tiny import build_tiny
 from r1kit.rollout import SamplingParams, make_engine
 from r1kit.rollout.sync import merged_state_dict
-from r1kit.rollout.vllm_engine import VLLMEngine, VLLMServerEngine, VLLMServerError, vllm_sampling_kwargs
+from r1kit.rollout.vllm_client import VLLMServerEngine, VLLMServerError
+from r1kit.rollout.vllm_common import vllm_sampling_kwargs
+from r1kit.rollout.vllm_engine import VLLMEngine
 
 
 @pytest.fixture(scope="module")
@@ -81,23 +83,19 @@ class Out:  # vllm.outputs.CompletionOutput's fields we read
         self.logprobs = [{t: types.SimpleNamespace(logprob=lp)} for t, lp in zip(token_ids, lps)]
 
 
-class FakeModel:
-    def __init__(self):
-        self.loaded = []
-
-    def load_weights(self, weights):
-        self.loaded.append(dict(weights))
-
-
 class FakeLLM:
-    def __init__(self, in_process=True):
-        self.calls, self.model = [], FakeModel()
-        if in_process:
-            runner = types.SimpleNamespace(model=self.model)
-            self.llm_engine = types.SimpleNamespace(model_executor=types.SimpleNamespace(
-                driver_worker=types.SimpleNamespace(worker=types.SimpleNamespace(model_runner=runner))))
-        else:
-            self.apply_model = lambda fn: (self.calls.append(("apply_model",)), fn(self.model))
+    """The calls r1kit makes on `vllm.LLM`; the worker extension's snapshot load reads the folder it is given."""
+
+    def __init__(self):
+        self.calls, self.loaded = [], []
+
+    def collective_rpc(self, method, args=()):
+        from safetensors.torch import load_file
+
+        assert method == "r1kit_load_snapshot"
+        self.calls.append(("collective_rpc", method))
+        self.loaded.append(load_file(f"{args[0]}/model.safetensors"))
+        return [0]
 
     def sleep(self, level):
         self.calls.append(("sleep", level))
@@ -148,8 +146,8 @@ def test_sampling_params_mapping():
 
 def test_colocated_generate_converts_groups_and_sleeps(fake_vllm, tiny):
     llm = FakeLLM()
-    eng = make_engine("vllm", tiny[0], tiny[1], llm=llm)
-    assert isinstance(eng, VLLMEngine) and len(llm.model.loaded) == 1  # weights synced at start
+    eng = make_engine("vllm", tiny[0], tiny[1], llm=llm, sleep=True)
+    assert isinstance(eng, VLLMEngine) and len(llm.loaded) == 1  # weights synced at start
     prompts = [[1, 2, 3], [4, 5]]
     comps = eng.generate(prompts, SamplingParams(n=3, max_new_tokens=4, stop=("</answer>",), seed=5))
     gen = [c for c in llm.calls if c[0] == "generate"][0]
@@ -165,21 +163,28 @@ def test_colocated_generate_converts_groups_and_sleeps(fake_vllm, tiny):
     eng.update_weights(tiny[0])
     eng.generate([[1]], SamplingParams(n=1))
     names = [c[0] if c[0] != "wake_up" else ("wake_up", c[1]) for c in llm.calls]
-    assert names == [("wake_up", ("weights",)), "reset_prefix_cache", ("wake_up", ("kv_cache",)), "generate", "sleep"]
+    assert names == [("wake_up", ("weights",)), "collective_rpc", "reset_prefix_cache", ("wake_up", ("kv_cache",)),
+                     "generate", "sleep"]
 
 
-@pytest.mark.parametrize("in_process", [True, False])
-def test_update_weights_loads_merged_lora_weights(fake_vllm, tiny, in_process):
+def test_update_weights_loads_merged_lora_weights(fake_vllm, tiny):
     peft_model = lora_model()
-    llm = FakeLLM(in_process=in_process)
+    llm = FakeLLM()
     eng = VLLMEngine(peft_model, tiny[1], llm=llm)
     eng.update_weights(peft_model)
-    assert ("apply_model",) in llm.calls or in_process
-    loaded, want = llm.model.loaded[-1], merged_state_dict(peft_model)
-    assert loaded.keys() == want.keys() == build_tiny()[0].state_dict().keys()
-    assert all(torch.equal(loaded[k], want[k]) for k in want)
+    loaded, want = llm.loaded[-1], merged_state_dict(peft_model)
+    # the snapshot holds base-model names with the LoRA deltas merged; the tied head is the embedding's
+    assert loaded.keys() == want.keys() - {"lm_head.weight"} if tied_head(peft_model) else loaded.keys() == want.keys()
+    assert loaded.keys() <= build_tiny()[0].state_dict().keys()
+    assert all(torch.equal(loaded[k], want[k]) for k in loaded)
     q = "model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(loaded[q], peft_model.get_base_model().state_dict()[q.replace("q_proj.", "q_proj.base_layer.")])
+
+
+def tied_head(model) -> bool:
+    from r1kit.rollout.vllm_common import tied
+
+    return tied(model)
 
 
 # ---- server mode against a fake HTTP server ------------------------------------------------------
@@ -279,7 +284,7 @@ class FakeClock:
 
 @pytest.fixture
 def clock(monkeypatch):
-    import r1kit.rollout.vllm_engine as vllm_engine
+    import r1kit.rollout.vllm_client as vllm_engine
 
     c = FakeClock()
     monkeypatch.setattr(vllm_engine, "time", c)
