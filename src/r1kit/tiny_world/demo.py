@@ -42,6 +42,8 @@ class DemoConfig:
     k: int = field(4, help="Samples per held-out problem (pass@1 is averaged over them; cons@k votes).")
     eval_every: int = field(20, help="Evaluate a held-out subset every this many steps (0 = only before/after).")
     eval_every_problems: int = field(40, help="Problems in the periodic held-out evaluation.")
+    rollout_engine: str = field("hf", help="Rollout engine for training: hf, or vllm (a real vLLM, colocated).")
+    async_generation: bool = field(False, help="Generate the next step's batch while this one trains (one step off-policy).")
     num_threads: int = field(2, help="torch CPU threads.")
     disable_tqdm: bool = field(False, help="Hide progress bars.")
 
@@ -96,7 +98,8 @@ def run_demo(cfg: DemoConfig) -> Path:
         learning_rate=cfg.learning_rate, lr_scheduler_type="constant", beta=cfg.beta, loss_type="dapo",
         epsilon_high=0.28, max_completion_length=cfg.max_completion_length, stop_strings=["</answer>"],
         temperature=1.0, seed=cfg.seed, output_dir=str(out / "model"), save_steps=0, logging_steps=1,
-        disable_tqdm=cfg.disable_tqdm, dtype="float32")
+        disable_tqdm=cfg.disable_tqdm, dtype="float32", rollout_engine=cfg.rollout_engine,
+        async_generation=cfg.async_generation)
     model_dir = train(grpo, callback=periodic_eval)
 
     trained, tokenizer = load_model_and_tokenizer(str(model_dir), dtype="float32")

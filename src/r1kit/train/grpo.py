@@ -21,14 +21,17 @@ from pathlib import Path
 
 import torch
 
-from r1kit.algo import group_advantages, loss_normalizer, masked_mean, policy_loss, sampler_drift
+from r1kit.algo import (group_advantages, loss_normalizer, masked_mean, policy_loss, sampler_correction_stats,
+                        sampler_correction_weights, sampler_drift)
 from r1kit.data.datasets import DataError
 from r1kit.diagnose.plan import preflight
 from r1kit.models.loading import load_model_and_tokenizer
 from r1kit.rewards import get_reward, language_mixing_rate, reward_metrics
 from r1kit.rewards.reflection import reflection_rate
 from r1kit.rollout import RolloutError, SamplingParams, make_engine
+from r1kit.rollout.base import ALIASES
 from r1kit.sandbox import sandbox_policy
+from r1kit.train.ahead import Ahead, CopyingEngine, RolloutCopy
 from r1kit.train.batch import Batch, batched_logps, collate, completion_logps
 from r1kit.train.grpo_config import GRPOConfig
 from r1kit.train.rollouts import PromptSet, Rewarder, Rollouts, generate_rollouts, load_prompts
@@ -62,7 +65,7 @@ def train(cfg: GRPOConfig, callback=None) -> Path:
     if len(prompts) < prompts_per_step * run.rt.world_size:
         raise DataError(f"{cfg.dataset_name}: {len(prompts)} prompts, fewer than one batch "
                         f"({prompts_per_step} prompts x {run.rt.world_size} process(es))")
-    engine = make_engine(cfg.rollout_engine, run.full_model(), tokenizer, **cfg.rollout_engine_kwargs)
+    engine = rollout_engine(cfg, run.full_model(), tokenizer)
     sampling = SamplingParams(n=cfg.num_generations, max_new_tokens=cfg.max_completion_length,
                               temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
                               stop=tuple(cfg.stop_strings or ()))
@@ -72,27 +75,38 @@ def train(cfg: GRPOConfig, callback=None) -> Path:
               data="dataset (or its template)", optimizer_steps=total_steps * cfg.num_iterations)
     if cfg.resume_from_checkpoint:
         run.sync_engine(engine)
+    correct = corrects_sampler(cfg)
+    source = Ahead(lambda step, sampler, params: generate_step(run, engine, params, prompts, rewarder, prompts_per_step,
+                                                               step, sampler),
+                   sampling, prompts_per_step, total_steps, ahead=cfg.async_generation)
 
     with sandbox_policy(allow_unsandboxed=cfg.allow_unsandboxed):  # the code reward's opt-out, for this run only
-        for step in run.steps():
-            t_step = time.perf_counter()
-            roll, gen = sample_and_score(run, engine, sampling, prompts, rewarder, prompts_per_step, step)  # 1-3
-            advantages = compute_advantages(run, roll, cfg).to(run.device)  # 4. [B]
-            batch = make_batch(roll, tokenizer.pad_token_id, cfg).to(run.device)  # 5.
-            old_logps, ref_logps = old_and_reference_logps(model, ref_model, batch, cfg)
-            t_train = time.perf_counter()
-            stats = policy_update(run, model, batch, advantages, old_logps, ref_logps, step)  # 6.
-            drift = sampler_drift_metrics(run.rt, batch, old_logps if old_logps is not None else stats.pass0_logps)
-            run.sync_engine(engine)  # 7. the engine samples from the new policy next step
-            timings = {"generate": gen.seconds, "train": time.perf_counter() - t_train}
-            metrics = step_metrics(run, roll, advantages, gen, stats, timings, isolation, t_step) | drift  # 8.
-            if callback is not None:
-                metrics.update(callback(step, run.full_model(), engine) or {})
-            rows = gather_completion_rows(run, roll, advantages, prompts) if cfg.log_completions else None
-            if rows is not None:
-                run.tracker.log_completions(step, rows)
-            run.end_step(step, metrics, {"reward": f"{metrics.get('reward', math.nan):.3f}",
-                                         "len": f"{metrics['completions/mean_length']:.0f}"}, completions=rows)
+        try:
+            for step in run.steps():
+                t_step = time.perf_counter()
+                roll, gen = sample_and_score(run, source, step)  # 1-3 (async: made while the last step trained)
+                advantages = compute_advantages(run, roll, cfg).to(run.device)  # 4. [B]
+                batch = make_batch(roll, tokenizer.pad_token_id, cfg).to(run.device)  # 5.
+                old_logps, ref_logps = old_and_reference_logps(model, ref_model, batch, cfg)
+                t_train = time.perf_counter()
+                stats = policy_update(run, model, batch, advantages, old_logps, ref_logps, step, correct)  # 6.
+                drift = sampler_drift_metrics(run.rt, batch, old_logps if old_logps is not None else stats.pass0_logps)
+                t_wait = time.perf_counter()
+                source.settle()  # async: the next batch's generation (with the old weights) must end first
+                timings = {"generate": gen.seconds, "train": t_wait - t_train,
+                           "wait_generation": time.perf_counter() - t_wait}
+                run.sync_engine(engine)  # 7. the engine samples from the new policy next step
+                metrics = (step_metrics(run, roll, advantages, gen, stats, timings, isolation, t_step) | drift
+                           | stats.correction_metrics(run.rt))  # 8.
+                if callback is not None:
+                    metrics.update(callback(step, run.full_model(), engine) or {})
+                rows = gather_completion_rows(run, roll, advantages, prompts) if cfg.log_completions else None
+                if rows is not None:
+                    run.tracker.log_completions(step, rows)
+                run.end_step(step, metrics, {"reward": f"{metrics.get('reward', math.nan):.3f}",
+                                             "len": f"{metrics['completions/mean_length']:.0f}"}, completions=rows)
+        finally:
+            source.close()
     return run.finish()
 
 
@@ -102,28 +116,38 @@ def train(cfg: GRPOConfig, callback=None) -> Path:
 @dataclass
 class Generation:
     """How a step's rollouts were made: zero-std groups in the first round, extra dynamic-sampling rounds,
-    generation + scoring time."""
+    generation + scoring time, and how many weight syncs old the sampling weights were (async: 1)."""
 
     frac_zero_std: float
     rounds: int
     seconds: float
+    staleness: int = 0
 
 
-def sample_and_score(run: TrainRun, engine, sampling: SamplingParams, prompts: PromptSet, rewarder: Rewarder,
-                     num_prompts: int, step: int) -> tuple[Rollouts, Generation]:
-    """Steps 1-3: this rank's prompts, G completions each, rewards. A failing engine or reward functions
-    that lose too many rows stop the run after checkpointing the last completed step."""
+def generate_step(run: TrainRun, engine, sampling: SamplingParams, prompts: PromptSet, rewarder: Rewarder,
+                  num_prompts: int, step: int, sampler) -> tuple[Rollouts, Generation]:
+    """Steps 1-3: `num_prompts` prompts of `sampler`, G completions each, rewards. Runs in the background
+    thread with async_generation, so it only generates and scores: failures are handled by the caller."""
     cfg, rt = run.cfg, run.rt
     sampling.seed = cfg.seed * 1_000_003 + step * rt.world_size + rt.rank  # resume-exact sampling
     t0 = time.perf_counter()
+    roll, frac_zero_std, rounds = generate_rollouts(engine, sampling, sampler, num_prompts, prompts, rewarder,
+                                                    cfg.dynamic_sampling, cfg.max_resample_rounds)
+    return roll, Generation(frac_zero_std, rounds, time.perf_counter() - t0)
+
+
+def sample_and_score(run: TrainRun, source: Ahead, step: int) -> tuple[Rollouts, Generation]:
+    """Steps 1-3, this step's scored rollouts (`generate_step`, now or made ahead). A failing engine or reward
+    functions that lose too many rows stop the run after checkpointing the last completed step."""
+    cfg = run.cfg
     try:
-        roll, frac_zero_std, rounds = generate_rollouts(engine, sampling, run.sampler, num_prompts, prompts, rewarder,
-                                                        cfg.dynamic_sampling, cfg.max_resample_rounds)
+        roll, gen, staleness = source.get(step, run.sampler)
     except RolloutError as e:  # e.g. a vLLM server that stalls or died: keep what was trained, then stop
         raise RolloutError(f"step {step}: the rollout engine failed: {e}. {run.checkpoint_last_completed(step)}; "
                            f"resume with resume_from_checkpoint=true once the engine works") from e
-    check_reward_failures(run, roll.rewards.errors, cfg.batch_size * (rounds + 1), step)
-    return roll, Generation(frac_zero_std, rounds, time.perf_counter() - t0)
+    check_reward_failures(run, roll.rewards.errors, cfg.batch_size * (gen.rounds + 1), step)
+    gen.staleness = staleness
+    return roll, gen
 
 
 def compute_advantages(run: TrainRun, roll: Rollouts, cfg: GRPOConfig) -> torch.Tensor:
@@ -165,22 +189,41 @@ class LossStats:
     loss: float = 0.0  # mean over the mu passes of the summed micro-batch losses (this rank)
     grad_norm: float = 0.0  # of the last update, before clipping
     pass0_logps: torch.Tensor | None = None  # [B, T] the trainer's log-probs in the first pass (before any update)
+    correction: dict[str, float] | None = None  # sums and extremes of the importance weights (first pass)
 
     def add(self, stats: dict, n_tokens: float) -> None:
         for k, v in stats.items():
             self.sums[k] = self.sums.get(k, 0.0) + float(v) * n_tokens
         self.tokens += n_tokens
 
+    def add_correction(self, stats: dict) -> None:
+        c = self.correction or {"count": 0.0, "sum": 0.0, "min": math.inf, "max": -math.inf}
+        self.correction = {"count": c["count"] + float(stats["count"]), "sum": c["sum"] + float(stats["sum"]),
+                           "min": min(c["min"], float(stats["min"])), "max": max(c["max"], float(stats["max"]))}
+
+    def correction_metrics(self, rt) -> dict:
+        """TRL's `sampling/importance_sampling_ratio/*`, when the loss was corrected: the weights as applied
+        (after truncation or masking), over all ranks. They replace the raw ratios `sampler_drift_metrics`
+        logs under those names."""
+        if self.correction is None:
+            return {}
+        c = self.correction
+        return {"sampling/importance_sampling_ratio/min": rt.min(c["min"]),
+                "sampling/importance_sampling_ratio/mean": rt.sum(c["sum"]) / max(rt.sum(c["count"]), 1.0),
+                "sampling/importance_sampling_ratio/max": rt.max(c["max"])}
+
 
 def policy_update(run: TrainRun, model, batch: Batch, advantages: torch.Tensor, old_logps, ref_logps,
-                  step: int) -> LossStats:
-    """Step 6: mu passes over the batch in micro-batches; each pass accumulates the clipped GRPO loss's
-    gradients (normalised over the whole batch on every rank) and makes one optimizer update."""
+                  step: int, correct: bool = False) -> LossStats:
+    """Step 6: mu passes over the batch in micro-batches; each pass accumulates the policy loss's gradients
+    (normalised over the whole batch on every rank) and makes one optimizer update. With `correct` (and the
+    engine's log-probs) each token's loss is weighted by pi_trainer_old / pi_sampler, truncated or masked."""
     cfg, rt, mbs = run.cfg, run.rt, run.cfg.per_device_train_batch_size
-    norm = rt.sum(loss_normalizer(batch.completion_mask, cfg.loss_type, cfg.max_completion_length)) / rt.world_size
+    norm = rt.sum(loss_normalizer(batch.completion_mask, cfg.loss_type, cfg.max_completion_length,
+                                  micro_batch_size=mbs)) / rt.world_size
     out = LossStats({})
     first_pass: list[torch.Tensor] = []
-    for _ in range(cfg.num_iterations):
+    for it in range(cfg.num_iterations):
         loss_sum = 0.0
         for s in range(0, len(batch), mbs):
             sl = slice(s, s + mbs)
@@ -189,11 +232,17 @@ def policy_update(run: TrainRun, model, batch: Batch, advantages: torch.Tensor, 
             old = old_logps[sl] if old_logps is not None else logps.detach()  # mu = 1: ratio is 1
             if old_logps is None:  # mu = 1: one pass, whose log-probs are the sampling policy's
                 first_pass.append(old)
+            weights = sampler_weights(cfg, old, mb) if correct and mb.sampler_logps is not None else None
+            if weights is not None and it == 0:  # the weights' statistics, each micro-batch once
+                out.add_correction(sampler_correction_stats(weights, mb.completion_mask,
+                                                            cfg.vllm_importance_sampling_mode))
             loss, stats = policy_loss(logps, old, advantages[sl], mb.completion_mask,
                                       loss_type=cfg.loss_type, eps_low=cfg.epsilon, eps_high=cfg.epsilon_high,
                                       beta=cfg.beta, ref_logp=None if ref_logps is None else ref_logps[sl],
                                       kl=cfg.kl_estimator, max_completion_length=cfg.max_completion_length,
-                                      num_items=norm)
+                                      num_items=norm, importance_sampling_level=cfg.importance_sampling_level,
+                                      sapo_temperature_pos=cfg.sapo_temperature_pos,
+                                      sapo_temperature_neg=cfg.sapo_temperature_neg, token_weights=weights)
             loss.backward()
             loss_sum += loss.item()
             stats["entropy"] = masked_mean(entropy, mb.completion_mask)
@@ -202,6 +251,14 @@ def policy_update(run: TrainRun, model, batch: Batch, advantages: torch.Tensor, 
         out.loss += loss_sum / cfg.num_iterations
     out.pass0_logps = torch.cat(first_pass) if first_pass else None
     return out
+
+
+def sampler_weights(cfg: GRPOConfig, old: torch.Tensor, mb: Batch) -> torch.Tensor:
+    """The importance weights [b, T] of one micro-batch: pi_trainer_old / pi_sampler, truncated or masked as
+    vllm_importance_sampling_mode says."""
+    return sampler_correction_weights(old, mb.sampler_logps, mb.completion_mask, cfg.vllm_importance_sampling_mode,
+                                      clip_max=cfg.vllm_importance_sampling_clip_max,
+                                      clip_min=cfg.vllm_importance_sampling_clip_min)  # [b, T]
 
 
 def sampler_drift_metrics(rt, batch: Batch, trainer_logps: torch.Tensor | None) -> dict:
@@ -253,6 +310,7 @@ def step_metrics(run: TrainRun, roll: Rollouts, advantages: torch.Tensor, gen: G
         "skipped_steps": state.skipped_steps,
         **{f"reward_errors/{k}": v for k, v in state.reward_errors.items()},
         "dynamic_sampling/rounds": gen.rounds,
+        **({"async/staleness": gen.staleness} if cfg.async_generation else {}),
         **({"sandbox/isolation_level": isolation} if isolation else {}),
         **{f"timing_s/{k}": v for k, v in timings.items()},
         "timing_s/step": step_time,
@@ -288,6 +346,27 @@ def gather_completion_rows(run: TrainRun, roll: Rollouts, advantages: torch.Tens
 
 
 # ---- set-up and failure checks ----------------------------------------------------------------------
+
+
+def rollout_engine(cfg: GRPOConfig, model, tokenizer):
+    """The run's rollout engine. With async_generation an engine that reads the trainer's module directly
+    (hf) gets a copy of the policy instead, kept current at every sync (it generates while the module trains)."""
+    if cfg.async_generation and ALIASES.get(cfg.rollout_engine, cfg.rollout_engine) == "hf":
+        rollout_copy = RolloutCopy(model)
+        return CopyingEngine(make_engine("hf", rollout_copy.module, tokenizer, **cfg.rollout_engine_kwargs), rollout_copy)
+    return make_engine(cfg.rollout_engine, model, tokenizer, **cfg.rollout_engine_kwargs)
+
+
+def corrects_sampler(cfg: GRPOConfig) -> bool:
+    """Whether the loss is importance-weighted for the sampler: when asked and the samples may come from other
+    weights than the trainer's (an engine holding its own copy, or async generation). The synchronous hf
+    engine samples from the trainer's own module, where the ratio is 1 up to float noise."""
+    own_weights = ALIASES.get(cfg.rollout_engine, cfg.rollout_engine) != "hf" or cfg.async_generation
+    on = cfg.vllm_importance_sampling_correction and own_weights
+    if on:
+        log.info("importance-sampling correction for the sampler: %s, clip [%s, %s]", cfg.vllm_importance_sampling_mode,
+                 cfg.vllm_importance_sampling_clip_min, cfg.vllm_importance_sampling_clip_max)
+    return on
 
 
 def reference_model(model):

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
-from r1kit.algo import AGGREGATIONS, KL_ESTIMATORS, SCALES
+from r1kit.algo import AGGREGATIONS, IS_LEVELS, IS_MODES, KL_ESTIMATORS, SCALES
 from r1kit.config import described, field, one_of
 from r1kit.data.templates import is_template, template_choices, template_help
 from r1kit.rollout.base import ALIASES, ENGINES
 from r1kit.train.common_config import ModelArgs, TrainingArgs
 from r1kit.train.common_config import need as common_need
+
+log = logging.getLogger("r1kit.grpo")
 
 
 @dataclass
@@ -48,12 +51,32 @@ class GRPOConfig(TrainingArgs, ModelArgs):
     kl_estimator: str = field("k3", help=f"KL estimator: {described(KL_ESTIMATORS)}.")
     epsilon: float = field(0.2, help="Lower clipping range of the ratio.")
     epsilon_high: float | None = field(None, help="Upper clipping range (DAPO's clip-higher); default: epsilon.")
-    loss_type: str = field("dapo", help=f"Token aggregation of the loss: {described(AGGREGATIONS)}.")
+    loss_type: str = field("dapo", help=f"The policy loss (its per-token objective and aggregation): {described(AGGREGATIONS)}.")
+    importance_sampling_level: str = field("token", help=f"Ratio per token, or per sequence (GSPO): {one_of(IS_LEVELS)}.")
+    sapo_temperature_pos: float = field(1.0, help="loss_type sapo: the soft gate's temperature for positive advantages.")
+    sapo_temperature_neg: float = field(1.05, help="loss_type sapo: the soft gate's temperature for negative advantages.")
     scale_rewards: str = field("group", help=f"Advantage scaling: {described(SCALES)}; true/false mean group/none.")
     num_iterations: int = field(1, help="Policy updates per generation batch (the paper's mu).")
     mask_truncated_completions: bool = field(False, help="Exclude completions cut by max_completion_length from the loss.")
     dynamic_sampling: bool = field(False, help="DAPO: drop groups whose rewards all agree and refill the batch.")
     max_resample_rounds: int = field(4, help="Dynamic sampling: at most this many extra generation rounds per step.")
+
+    # ---- sampler/trainer mismatch and async generation ----
+    async_generation: bool = field(False, help="Generate the next step's batch while this step trains (one step "
+                                               "off-policy, as verl and prime-rl do; TRL's AsyncGRPOTrainer), corrected "
+                                               "by vllm_importance_sampling_*. Not with dynamic_sampling.")
+    max_staleness: int = field(1, help="async_generation: a batch may be sampled by weights at most this many "
+                                       "syncs old (r1kit generates one batch ahead, so its batches are 1 sync old).")
+    vllm_importance_sampling_correction: bool = field(True, help="Weight each token's loss by pi_trainer/pi_sampler "
+                                                                 "(truncated or masked, vllm_importance_sampling_mode) "
+                                                                 "when the rollouts come from an engine holding its own "
+                                                                 "weights (vllm, vllm-server) or from async_generation.")
+    vllm_importance_sampling_mode: str = field("sequence_mask", help=f"{one_of(IS_MODES)}: truncate the ratio at the "
+                                                                     "clip bounds, or drop what falls outside them.")
+    vllm_importance_sampling_clip_max: float | None = field(3.0, help="Upper bound C_max of the importance ratio.")
+    vllm_importance_sampling_clip_min: float | None = field(None, help="Lower bound C_min of the importance ratio.")
+    vllm_importance_sampling_cap: float | None = field(None, help="TRL's older name of vllm_importance_sampling_clip_max "
+                                                                  "(when set, it is used as clip_max).")
 
     # ---- optimisation and outputs: TrainingArgs, with GRPO's defaults ----
     learning_rate: float = field(1e-6, help="Peak learning rate of AdamW.")
@@ -73,6 +96,24 @@ class GRPOConfig(TrainingArgs, ModelArgs):
             common_need(self, cond, name, msg)
 
         need(self.loss_type in AGGREGATIONS, "loss_type", f"must be one of {list(AGGREGATIONS)}")
+        need(self.importance_sampling_level in IS_LEVELS, "importance_sampling_level", f"must be {one_of(IS_LEVELS)}")
+        need(self.sapo_temperature_pos > 0, "sapo_temperature_pos", "must be > 0")
+        need(self.sapo_temperature_neg > 0, "sapo_temperature_neg", "must be > 0")
+        need(self.vllm_importance_sampling_mode in IS_MODES, "vllm_importance_sampling_mode", f"must be {one_of(IS_MODES)}")
+        if self.vllm_importance_sampling_cap is not None:
+            self.vllm_importance_sampling_clip_max = self.vllm_importance_sampling_cap
+        lo, hi = self.vllm_importance_sampling_clip_min, self.vllm_importance_sampling_clip_max
+        need(lo is None or hi is None or lo < hi, "vllm_importance_sampling_clip_min",
+             f"must be below vllm_importance_sampling_clip_max ({hi})")
+        need(not self.vllm_importance_sampling_mode.endswith("_truncate") or lo is not None or hi is not None,
+             "vllm_importance_sampling_mode", "truncates the ratio, so it needs vllm_importance_sampling_clip_max "
+             "or _clip_min")
+        need(self.max_staleness >= 1, "max_staleness", "must be >= 1 (r1kit's async generation runs one batch ahead)")
+        need(not (self.async_generation and self.dynamic_sampling), "async_generation",
+             "cannot be combined with dynamic_sampling (its extra rounds need the current batch's rewards)")
+        if self.loss_type == "cispo" and self.epsilon_high is None:
+            log.warning("loss_type cispo caps the importance weight at epsilon_high, which is unset: the cap is "
+                        "epsilon=%g (TRL does the same; CISPO's authors use a cap of about 5)", self.epsilon)
         if isinstance(self.scale_rewards, bool) or self.scale_rewards in ("true", "false", "True", "False"):
             self.scale_rewards = "group" if str(self.scale_rewards).lower() == "true" else "none"
         need(self.scale_rewards in SCALES, "scale_rewards", f"must be one of {list(SCALES)} (or true/false)")
