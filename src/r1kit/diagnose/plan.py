@@ -176,7 +176,9 @@ def setup_from(cfg, shape: ModelShape, world_size: int, target: Target) -> Setup
         lora_dropout=float(get("lora_dropout", 0.0) or 0.0),
         gradient_checkpointing=bool(get("gradient_checkpointing", False)), strategy=strategy,
         world_size=max(1, int(world_size)), engine=engine,
-        vllm_memory_fraction=float(kw.get("gpu_memory_utilization", 0.3)), vllm_sleep=bool(kw.get("sleep", True)),
+        # the colocated engine's defaults (rollout.vllm_engine): on CPU 10% of RAM and no sleep mode
+        vllm_memory_fraction=float(kw.get("gpu_memory_utilization", 0.1 if target.kind == "cpu" else 0.3)),
+        vllm_sleep=bool(kw.get("sleep", target.kind != "cpu")),
         iterations=int(get("num_iterations", 1)), top_p=float(get("top_p", 1.0)), top_k=int(get("top_k", 0)),
         early_stop=early_stop, device=target.kind, device_memory=target.memory)
 

@@ -248,16 +248,13 @@ def estimate(m: ModelShape, u: Setup) -> Estimate:
     if u.engine == "hf":
         roll = rollout_memory(m, u)
     elif u.engine == "vllm":
-        if cpu:
-            notes.append("vLLM needs a GPU: the colocated engine's share is not counted on CPU")
-        else:
-            vllm = int(u.vllm_memory_fraction * u.device_memory)
-            kv_tokens = (vllm - m.params * s - 2**30) // max(1, 2 * m.kv_heads * m.head_dim * s * m.layers)
-            need = u.batch * (u.prompt_len + u.completion_len)
-            if kv_tokens < need:
-                notes.append(f"colocated vLLM: gpu_memory_utilization {u.vllm_memory_fraction:g} leaves room for about "
-                             f"{max(0, kv_tokens):,} KV tokens, fewer than one batch needs ({need:,}): it will run "
-                             f"fewer sequences at once (slower)")
+        vllm = int(u.vllm_memory_fraction * u.device_memory)  # on CPU: its worker's share of RAM, weights included
+        kv_tokens = (vllm - m.params * s - 2**30) // max(1, 2 * m.kv_heads * m.head_dim * s * m.layers)
+        need = u.batch * (u.prompt_len + u.completion_len)
+        if kv_tokens < need:
+            notes.append(f"colocated vLLM: gpu_memory_utilization {u.vllm_memory_fraction:g} leaves room for about "
+                         f"{max(0, kv_tokens):,} KV tokens, fewer than one batch needs ({need:,}): it will run "
+                         f"fewer sequences at once (slower)")
     static = {"runtime": baseline, "weights": weights, "full weights copy (fsdp2)": full_copy,
               "reference model": reference, "optimizer": optimizer}
     idle_vllm = {} if u.vllm_sleep else {"vllm": vllm}  # a colocated vLLM that does not sleep holds its share

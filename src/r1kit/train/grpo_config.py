@@ -36,8 +36,9 @@ class GRPOConfig(TrainingArgs, ModelArgs):
 
     # ---- generation ----
     rollout_engine: str = field("hf", help=f"Rollout backend: {described(ENGINES)}.")
-    rollout_engine_kwargs: dict = field({}, help="Options for the engine, e.g. {gpu_memory_utilization: 0.3} for "
-                                              "vllm or {base_url: http://127.0.0.1:8000, read_timeout: 600} for vllm-server.")
+    rollout_engine_kwargs: dict = field({}, help="Options for the engine, e.g. {gpu_memory_utilization: 0.3, "
+                                              "weight_sync: snapshot} for vllm (any other key goes to vllm.LLM) or "
+                                              "{base_url: http://127.0.0.1:8000, read_timeout: 600} for vllm-server.")
     num_generations: int = field(8, help="Completions per prompt (the group size G).")
     max_prompt_length: int = field(512, help="Prompts longer than this (in tokens) are an error before training.")
     max_completion_length: int = field(256, help="Maximum new tokens per completion.")
