@@ -73,7 +73,8 @@ def test_dataset_smaller_than_one_batch(tmp_path, capsys):
 def test_unknown_reward_name(tmp_path, capsys):
     rc, err, out = run_cli(tmp_path, capsys, reward_funcs=["format", "acuracy"])
     assert rc == 1
-    assert "unknown reward 'acuracy'" in err and "Known rewards: accuracy, code, format" in err
+    assert "unknown reward 'acuracy'" in err
+    assert "Known rewards: accuracy, binary_code, code, code_format, cosine, format" in err
     assert not (out / "metrics.jsonl").exists()
 
 

@@ -36,6 +36,7 @@ import threading
 import time
 import traceback
 
+from r1kit.rewards.calling import RewardLog, resolve, reward_kwargs
 from r1kit.sandbox.policy import sandbox_policy, unsandboxed_allowed
 
 STARTUP_TIMEOUT_S = 120.0  # start-up and import of the function's module (not the deadline)
@@ -81,8 +82,9 @@ def _watch_parent(parent: int) -> None:
 
 def _serve(conn, parent: int) -> None:
     """Worker main loop: ("load", (fn_bytes, args_bytes, allow_unsandboxed)) → remember them;
-    ("call", row) → run the whole batch (row None) or row ``row`` under that sandbox policy; every
-    message gets one reply."""
+    ("call", row) → call the function as TRL does (``r1kit.rewards.calling``) on the whole batch
+    (row None) or row ``row``, under that sandbox policy, awaiting an async one; reply
+    ("ok", (values, RewardLog)). Every message gets one reply."""
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)  # own process group: a kill reaches whatever the reward started
     for var in _THREAD_VARS:
@@ -105,15 +107,17 @@ def _serve(conn, parent: int) -> None:
                 _one_thread()
                 reply = ("ok", None)
             else:
-                prompts, completions, columns = args
+                prompts, completions, columns, trainer_state = args
                 if payload is not None:
                     prompts, completions, columns = row_args(prompts, completions, columns, len(completions), payload)
+                log = RewardLog()
                 with sandbox_policy(allow_unsandboxed):
-                    out = fn(prompts, completions, **columns)
+                    out = resolve(fn(**reward_kwargs(prompts, completions, columns, trainer_state, log)))
                 _one_thread()
                 if hasattr(out, "tolist"):
                     out = out.tolist()
-                reply = ("ok", out if isinstance(out, list) else (list(out) if out is not None else None))
+                out = out if isinstance(out, list) else (list(out) if out is not None else None)
+                reply = ("ok", (out, log))
             data = pickle.dumps(reply)
         except Exception as exc:
             data = pickle.dumps(("err", _error_text(exc)))
@@ -191,7 +195,7 @@ class Session:
     def call(self, deadline_s: float, row: int | None = None):
         """Run the whole batch (``row=None``) or one row under ``deadline_s`` seconds.
 
-        Returns ``("ok", values)``, ``("err", reason)`` (the function raised), ``("broken", reason)``
+        Returns ``("ok", (values, RewardLog))``, ``("err", reason)`` (the function raised), ``("broken", reason)``
         (the worker could not start or load the function), ``("timeout", None)`` (worker killed) or
         ``("died", reason)`` (the worker exited during the call); never raises for a failing function.
         """
@@ -230,15 +234,16 @@ class Session:
 
 
 @contextlib.contextmanager
-def session(fn, prompts, completions, columns: dict):
+def session(fn, prompts, completions, columns: dict, trainer_state=None):
     """Hold the worker for one function and one batch: ``with session(...) as s: s.call(deadline)``.
+    ``s.call`` returns ``("ok", (values, RewardLog))`` when the function returned.
 
     Raises :class:`NotPicklable` (before taking the worker) when the function or batch cannot be
     pickled. Calls from several threads are serialised (one worker).
     """
     try:
         fn_bytes = pickle.dumps(fn)
-        args_bytes = pickle.dumps((prompts, list(completions), dict(columns)))
+        args_bytes = pickle.dumps((prompts, list(completions), dict(columns), trainer_state))
     except Exception as exc:
         raise NotPicklable(f"cannot be sent to the worker process (not picklable): {_error_text(exc)}") from exc
     with _lock:

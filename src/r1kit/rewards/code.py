@@ -8,6 +8,8 @@
 * ``verification_info`` (one per row, a dict or a JSON string): see ``r1kit.sandbox.cases``.
   Missing, unparsable, or another language: ``None`` (cannot score), counted.
 * Reward = fraction of tests passed, or 1.0/0.0 with ``make_code_reward(all_or_nothing=True)``.
+  ``binary_code`` (open-r1's name): 1.0 when the fraction passed is over 0.99, else 0.0
+  (``make_code_reward(threshold=0.99)``); an unscorable row stays ``None``.
 * Any infrastructure failure (the sandbox did not start, ...) makes the row ``None``, never 0, and
   is counted: ``code_reward.stats()`` returns the counters (reward-level ones and the sandbox's
   verdict counts and ``isolation_level``) for the trainer's metrics.
@@ -85,12 +87,16 @@ class _RewardStats:
 def make_code_reward(all_or_nothing: bool = False, *, timeout: float = 2.0,
                      memory_mb: int = 1024, limits: Limits | None = None,
                      max_workers: int | None = None, allow_unsandboxed: bool | None = None,
-                     stop_after_timeouts: int | None = None):
+                     stop_after_timeouts: int | None = None, threshold: float | None = None,
+                     name: str = "code_reward"):
     """Build a code reward. ``limits`` overrides ``timeout``/``memory_mb``; ``max_workers``
     completions run in parallel (default ``min(4, cpu_count)``), the tests of one completion run
     one after the other, each in a fresh process. ``stop_after_timeouts=k`` stops a completion's
     tests after k TIMEOUTs (the rest count as failed) to bound the time spent on hung programs.
-    ``allow_unsandboxed``: None (default) follows the caller's ``sandbox_policy`` at each call."""
+    ``allow_unsandboxed``: None (default) follows the caller's ``sandbox_policy`` at each call.
+    ``threshold``: 1.0 when the fraction passed is over it, else 0.0 (open-r1's ``binary_code``: 0.99).
+    ``name``: the function's ``__name__`` / ``__qualname__`` (a module-level reward built here must be
+    bound to that name for the reward worker to pickle it by reference)."""
     lim = limits or Limits(timeout=timeout, memory_mb=memory_mb)
     workers = max_workers or max(1, min(4, os.cpu_count() or 1))
     stats = _RewardStats()
@@ -107,6 +113,8 @@ def make_code_reward(all_or_nothing: bool = False, *, timeout: float = 2.0,
         stats.add("tests_passed", passed)
         if all_or_nothing:
             return 1.0 if passed == len(cases) else 0.0
+        if threshold is not None:
+            return 1.0 if passed / len(cases) > threshold else 0.0
         return passed / len(cases)
 
     @requires_sandbox
@@ -161,12 +169,13 @@ def make_code_reward(all_or_nothing: bool = False, *, timeout: float = 2.0,
 
     code_reward.stats = get_stats
     code_reward.limits = lim
-    code_reward.__name__ = "code_reward"
-    code_reward.__qualname__ = "code_reward"
+    code_reward.__name__ = name
+    code_reward.__qualname__ = name
     return code_reward
 
 
 code_reward = make_code_reward()
+binary_code_reward = make_code_reward(threshold=0.99, name="binary_code_reward")
 
 try:  # the registry may not exist (yet): this module also works on its own
     from r1kit.rewards import register_reward
@@ -174,3 +183,4 @@ except ImportError:  # pragma: no cover
     register_reward = None
 if register_reward is not None:
     register_reward("code")(code_reward)
+    register_reward("binary_code")(binary_code_reward)

@@ -112,7 +112,7 @@ def overlong_penalty(length: int, max_len: int, buffer: int) -> float:
     return -1.0
 
 
-def _lengths(completions, kwargs) -> list[int]:
+def completion_lengths(completions, kwargs) -> list[int]:
     """Token counts from a ``completion_ids`` column when given, else character counts."""
     ids = column(kwargs, "completion_ids", len(completions))
     if ids is not None:
@@ -133,7 +133,7 @@ class SoftOverlong:
         self.max_len, self.buffer = int(max_len), int(buffer)
 
     def __call__(self, prompts, completions, **kwargs) -> list[float | None]:
-        return [overlong_penalty(n, self.max_len, self.buffer) for n in _lengths(completions, kwargs)]
+        return [overlong_penalty(n, self.max_len, self.buffer) for n in completion_lengths(completions, kwargs)]
 
 
 def soft_overlong(max_len: int, buffer: int | None = None) -> SoftOverlong:
@@ -148,7 +148,7 @@ def soft_overlong_default(prompts, completions, max_completion_length=None, **kw
     a per-row column) with a buffer of a quarter of it; ``None`` for rows without it."""
     n = len(completions)
     limits = column({"m": max_completion_length}, "m", n) or [None] * n
-    lengths = _lengths(completions, kwargs)
+    lengths = completion_lengths(completions, kwargs)
     out: list[float | None] = []
     for length, limit in zip(lengths, limits):
         if not limit or int(limit) <= 0:

@@ -236,11 +236,10 @@ def score_answer(answer: str | None, gold_parsed: list) -> float:
     return 0.0
 
 
-@register_reward("accuracy")
-def accuracy(prompts, completions, solution=None, **kwargs) -> list[float | None]:
-    """1.0 if the final answer (last ``<answer>``, else last ``\\boxed{}``) equals the ``solution``
-    column under math-verify; 0.0 if wrong or missing; ``None`` if the gold is unusable or the
-    ``solution`` column is absent."""
+def correctness(completions, solution) -> list[float | None]:
+    """Per completion: 1.0 if its final answer (last ``<answer>``, else last ``\\boxed{}``) equals its
+    ``solution`` under math-verify, 0.0 if wrong or missing, ``None`` if the gold is unusable or the
+    row could not be checked. ``solution``: one per completion, or one for all."""
     n = len(completions)
     golds = column({"solution": solution}, "solution", n)
     if golds is None:
@@ -262,3 +261,11 @@ def accuracy(prompts, completions, solution=None, **kwargs) -> list[float | None
             logger.debug("accuracy: row %d could not be scored: %r", i, exc)
             out.append(None)
     return out
+
+
+@register_reward("accuracy")
+def accuracy(prompts, completions, solution=None, **kwargs) -> list[float | None]:
+    """1.0 if the final answer (last ``<answer>``, else last ``\\boxed{}``) equals the ``solution``
+    column under math-verify; 0.0 if wrong or missing; ``None`` if the gold is unusable or the
+    ``solution`` column is absent."""
+    return correctness(completions, solution)

@@ -1,21 +1,29 @@
 """Reward registry: ``@register_reward(name)``, ``get_reward(name_or_import_path)``, ``list_rewards()``,
-``reward_name(spec)`` (the metric name a spec is logged under)."""
+``reward_name(spec)`` (the metric name a spec is logged under).
+
+Parametrised rewards (open-r1 builds them with factories, ``get_cosine_scaled_reward(max_len=...)``):
+``register_reward_factory(name)(factory)`` makes ``name?key=value&key=value`` build ``factory(key=value,
+...)`` once per spec string (``cosine?max_len=2000&min_value_wrong=-1``); values are read as int, float,
+``true``/``false``/``none``, else kept as strings. The spec is logged under ``name``."""
 
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Callable
+from urllib.parse import parse_qsl
 
 RewardFn = Callable[..., list]
 
 _REGISTRY: dict[str, RewardFn] = {}
 _BUILTIN_MODULES = ("r1kit.rewards.math", "r1kit.rewards.format", "r1kit.rewards.language", "r1kit.rewards.code",
-                    "r1kit.rewards.task")
+                    "r1kit.rewards.task", "r1kit.rewards.openr1")
 _builtins_loaded = False
 # "prefix:spec" names built by a factory, once per spec string: rm:PATH?segment=answer (reward models).
 # prefix -> module with `reward_from_spec(rest)` (the reward) and `spec_name(rest)` (its metric name)
 PREFIX_FACTORIES = {"rm": "r1kit.rewards.reward_model"}
 _BUILT: dict[str, RewardFn] = {}
+_FACTORIES: dict[str, Callable[..., RewardFn]] = {}  # name -> factory, for "name?key=value&..."
 
 
 def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
@@ -32,6 +40,49 @@ def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
         return fn
 
     return decorator
+
+
+def register_reward_factory(name: str) -> Callable:
+    """Decorator: ``factory(**params) -> reward`` reachable as ``name?key=value&...`` (see the module
+    docstring). The plain ``name`` is whatever ``register_reward(name)`` registered (its defaults)."""
+    if not isinstance(name, str) or not name or ":" in name or "?" in name:
+        raise ValueError(f"invalid reward name {name!r}")
+
+    def decorator(factory):
+        _FACTORIES[name] = factory
+        return factory
+
+    return decorator
+
+
+def _param(text: str):
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _build(spec: str) -> RewardFn | None:
+    """``name?key=value&...`` of a registered factory, built once; None when ``name`` has no factory."""
+    base, _, query = spec.partition("?")
+    factory = _FACTORIES.get(base)
+    if factory is None:
+        return None
+    if spec not in _BUILT:
+        params = {k: _param(v) for k, v in parse_qsl(query, keep_blank_values=True)}
+        try:
+            _BUILT[spec] = factory(**params)
+        except TypeError as exc:
+            known = ", ".join(inspect.signature(factory).parameters)
+            raise ValueError(f"reward {spec!r}: {exc}; {base}'s parameters are: {known}") from exc
+    return _BUILT[spec]
 
 
 def _qualname(fn) -> str:
@@ -75,7 +126,8 @@ def _import_path(path: str) -> RewardFn | None:
 
 def get_reward(name: str | RewardFn) -> RewardFn:
     """A registered reward by name, a callable by import path (``"pkg.mod:fn"`` /
-    ``"pkg.mod.fn"``), or a ``PREFIX_FACTORIES`` spec (``"rm:PATH?segment=answer"``, built once).
+    ``"pkg.mod.fn"``), a ``PREFIX_FACTORIES`` spec (``"rm:PATH?segment=answer"``, built once), or a
+    factory's ``name?key=value`` (``"cosine?max_len=2000"``, built once).
     A callable is returned as is. Unknown → ``ValueError`` listing known names."""
     if callable(name):
         return name
@@ -87,6 +139,10 @@ def get_reward(name: str | RewardFn) -> RewardFn:
             _BUILT[name.strip()] = importlib.import_module(PREFIX_FACTORIES[prefix]).reward_from_spec(rest)
         return _BUILT[name.strip()]
     _ensure_builtins()
+    if "?" in name:
+        built = _build(name.strip())
+        if built is not None:
+            return built
     fn = _REGISTRY.get(name.strip())
     if fn is None and ("." in name or ":" in name):
         fn = _import_path(name.strip())
@@ -103,10 +159,10 @@ def get_reward(name: str | RewardFn) -> RewardFn:
 def reward_name(spec: str | RewardFn) -> str:
     """The name a reward is logged under: a registry name as given; an import path ``pkg.mod:fn`` -> ``fn``;
     a ``PREFIX_FACTORIES`` spec -> its module's ``spec_name`` (``rm:PATH?segment=full`` -> ``rm_full``); a
-    callable's ``__name__``."""
+    factory's ``name?key=value`` -> ``name``; a callable's ``__name__``."""
     if isinstance(spec, str):
         prefix, sep, rest = spec.strip().partition(":")
         if sep and prefix in PREFIX_FACTORIES:
             return importlib.import_module(PREFIX_FACTORIES[prefix]).spec_name(rest)
-        return spec.strip().replace(":", ".").rsplit(".", 1)[-1]
+        return spec.strip().partition("?")[0].replace(":", ".").rsplit(".", 1)[-1]
     return getattr(spec, "__name__", None) or type(spec).__name__

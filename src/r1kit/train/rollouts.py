@@ -57,26 +57,33 @@ class Rollouts:
 @dataclass
 class Rewarder:
     """The run's reward functions (names or dotted paths, resolved at construction so a typo fails
-    before training), their weights, and the per-row deadline."""
+    before training), their weights, and the per-row deadline. `trainer_state` (an
+    `r1kit.rewards.TrainerState`, or any object with TRL's fields) is what the functions receive as
+    `trainer_state` when `score` is given none: the trainer sets it before each step's rollouts."""
 
     funcs: list[str]
     weights: list[float]
     timeout_s: float | None = None
     metric_names: list[str] | None = None  # what to call each function's scores (default: the registry's)
+    trainer_state: object | None = None
 
     def __post_init__(self):
         for name in self.funcs:
             get_reward(name)
 
-    def score(self, prompts: PromptSet, comps: list[Completion], rows: list[int]) -> RewardBatch:
-        """Call every function as TRL does: prompts, completions (messages for chat data), the dataset
-        columns of each completion's row, and completion_ids."""
+    def score(self, prompts: PromptSet, comps: list[Completion], rows: list[int],
+              trainer_state: object | None = None) -> RewardBatch:
+        """Call every function as TRL does, keywords only: prompts, completions (messages for chat data),
+        completion_ids, trainer_state (this argument, else `self.trainer_state`, else step 0), log_extra,
+        log_metric, and the dataset columns of each completion's row. What they log is on the batch
+        (`logged`, `extra`)."""
         texts = [c.text for c in comps]
         completions = [[{"role": "assistant", "content": t}] for t in texts] if prompts.conversational else texts
         columns = {k: [v[r] for r in rows] for k, v in prompts.columns.items()}
         columns["completion_ids"] = [c.completion_ids for c in comps]
+        state = trainer_state if trainer_state is not None else self.trainer_state
         return score_completions(self.funcs, self.weights, [prompts.prompts[r] for r in rows], completions, columns,
-                                 names=self.metric_names, timeout_s=self.timeout_s)
+                                 names=self.metric_names, timeout_s=self.timeout_s, trainer_state=state)
 
 
 def load_prompts(cfg, tokenizer, split: str, max_prompt_length: int | None = None) -> PromptSet:
