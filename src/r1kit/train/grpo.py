@@ -26,7 +26,7 @@ from r1kit.algo import (group_advantages, loss_normalizer, masked_mean, policy_l
 from r1kit.data.datasets import DataError
 from r1kit.diagnose.plan import preflight
 from r1kit.models.loading import load_model_and_tokenizer
-from r1kit.rewards import get_reward, language_mixing_rate, reward_metrics
+from r1kit.rewards import TrainerState, get_reward, language_mixing_rate, reward_metrics
 from r1kit.rewards.reflection import reflection_rate
 from r1kit.rollout import RolloutError, SamplingParams, make_engine
 from r1kit.rollout.base import ALIASES
@@ -130,6 +130,11 @@ def generate_step(run: TrainRun, engine, sampling: SamplingParams, prompts: Prom
     thread with async_generation, so it only generates and scores: failures are handled by the caller."""
     cfg, rt = run.cfg, run.rt
     sampling.seed = cfg.seed * 1_000_003 + step * rt.world_size + rt.rank  # resume-exact sampling
+    rewarder.trainer_state = TrainerState(  # what TRL passes reward functions, in TRL's units (optimizer updates)
+        global_step=(step - 1) * cfg.num_iterations, max_steps=run.total_steps * cfg.num_iterations,
+        epoch=(step - 1) * num_prompts * rt.world_size / len(prompts), num_train_epochs=cfg.num_train_epochs,
+        num_input_tokens_seen=run.state.num_tokens, is_world_process_zero=rt.is_main,
+        is_local_process_zero=rt.local_rank == 0)
     t0 = time.perf_counter()
     roll, frac_zero_std, rounds = generate_rollouts(engine, sampling, sampler, num_prompts, prompts, rewarder,
                                                     cfg.dynamic_sampling, cfg.max_resample_rounds)
@@ -340,6 +345,7 @@ def gather_completion_rows(run: TrainRun, roll: Rollouts, advantages: torch.Tens
     mine = [{"row": roll.rows[i], "prompt": prompts.texts[roll.rows[i]], "completion": c.text,
              "finish_reason": c.finish_reason, "length": len(c.completion_ids),
              "reward": float(roll.rewards.total[i]), "advantage": float(advantages[i]),
+             **{k: v[i] for k, v in roll.rewards.extra.items()},  # reward functions' log_extra columns
              **{f"rewards/{n}": per_func[i][j] for j, n in enumerate(roll.rewards.names)}}
             for i, c in enumerate(roll.completions)]
     return sum(run.rt.gather_objects(mine), [])
