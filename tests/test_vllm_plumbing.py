@@ -1,8 +1,9 @@
 """The vLLM backends without vLLM: a fake `vllm` module / `LLM` object for the colocated engine, a
 tiny HTTP server on 127.0.0.1 for the server client, and merged LoRA weights (`merged_state_dict`).
 
-Not tested here (no GPU, no vllm): a real `vllm.LLM`, real sleep/wake memory behaviour, vLLM's own
-`load_weights` name mapping, and a real vLLM HTTP server."""
+`r1kit vllm-serve`'s HTTP layer (`VLLMServer`: routes, validation, atomic weight updates) is tested here
+over a fake engine; tests/vllm/test_vllm_server.py runs the real server. Not tested here (no GPU, no
+vllm): a real `vllm.LLM`, real sleep/wake memory behaviour, vLLM's own `load_weights` name mapping."""
 
 import json
 import socket
@@ -20,8 +21,10 @@ from r1kit.models.tiny import build_tiny
 from r1kit.rollout import SamplingParams, make_engine
 from r1kit.rollout.sync import merged_state_dict
 from r1kit.rollout.vllm_client import VLLMServerEngine, VLLMServerError
-from r1kit.rollout.vllm_common import vllm_sampling_kwargs
+from r1kit.rollout.base import Completion
+from r1kit.rollout.vllm_common import vllm_sampling_kwargs, write_snapshot
 from r1kit.rollout.vllm_engine import VLLMEngine
+from r1kit.rollout.vllm_server import VLLMServeConfig, VLLMServer, make_handler
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +194,7 @@ def tied_head(model) -> bool:
 
 
 class FakeServer:
-    """/health/, /generate/, /update_weights/, /reset_prefix_cache/; `mode` decides how it misbehaves."""
+    """Answers every route (200, {} but /generate/'s); `mode` decides how it misbehaves."""
 
     def __init__(self):
         self.mode, self.log, self.fail_first = "ok", [], 0
@@ -257,7 +260,7 @@ def test_server_generate_and_weight_sync(server, tiny):
     eng = make_engine("vllm-server", tiny[0], tiny[1], base_url=server.url, **FAST)
     assert isinstance(eng, VLLMServerEngine)
     posts = [e[1] for e in server.log if e[0] == "POST"]
-    assert posts[-1] == "/reset_prefix_cache/" and "/update_weights/" in posts  # weights sent at start
+    assert posts == ["/start_weight_update/", "/update_weights/", "/finish_weight_update/"]  # weights sent at start
     comps = eng.generate([[1, 2], [3]], SamplingParams(n=2, max_new_tokens=2))
     assert [c.prompt_index for c in comps] == [0, 0, 1, 1]
     assert [c.completion_ids for c in comps] == [[10, 11], [10, 12], [11, 11], [11, 12]]
@@ -324,3 +327,145 @@ def test_server_refusing_is_an_error(tiny, clock, caplog):
     assert all(0 < s <= 0.2 for s in clock.sleeps)
     refused = [r.getMessage() for r in caplog.records if "connection refused" in r.getMessage()]
     assert len(refused) == len(clock.sleeps) + 1 and all("GET" in m and "/health/" in m for m in refused)
+
+
+# ---- r1kit vllm-serve's HTTP layer over a fake engine -----------------------------------------------
+
+
+class FakeEngine:
+    """What `VLLMServer` calls on its `VLLMEngine`: generate, load_weights, llm.reset_prefix_cache."""
+
+    def __init__(self):
+        self.loaded, self.params, self.resets = [], [], 0
+        self.llm = types.SimpleNamespace(reset_prefix_cache=self._reset)
+
+    def _reset(self):
+        self.resets += 1
+
+    def generate(self, prompt_ids, params):
+        self.params.append(params)
+        return [Completion(i, list(p), [10 + i, 11 + j], [-0.5, -0.25], "length", f"t{i}{j}")
+                for i, p in enumerate(prompt_ids) for j in range(params.n)]
+
+    def load_weights(self, weights):
+        self.loaded.append(weights)
+
+
+@pytest.fixture
+def serve(tmp_path, tiny):
+    """A `VLLMServer` (fake engine) behind a real HTTP server on 127.0.0.1: (server, url, post)."""
+    srv = VLLMServer(VLLMServeConfig(model=str(write_snapshot(tiny[0], tiny[1], tmp_path / "model"))),
+                     engine=FakeEngine())
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(srv))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}"
+
+    def post(path, body=b"", method="POST"):
+        import http.client
+
+        conn = http.client.HTTPConnection("127.0.0.1", httpd.server_address[1], timeout=5)
+        conn.request(method, path, body=body)
+        resp = conn.getresponse()
+        ans = resp.status, json.loads(resp.read())
+        conn.close()
+        return ans
+
+    yield srv, url, post
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_serve_generate_and_chunked_weight_update(serve, tiny):
+    srv, url, post = serve
+    # chunks of at most ~64 KiB: the tiny model's weights travel in several, applied as one update
+    eng = VLLMServerEngine(tiny[0], tiny[1], base_url=url, **{**FAST, "chunk_bytes": 2**16})
+    assert len(srv.engine.loaded) == 1 and srv.syncs == 1
+    want = merged_state_dict(tiny[0])
+    got = srv.engine.loaded[0]
+    assert got.keys() == want.keys() - {"lm_head.weight"}  # tied head: the embedding is it
+    assert all(torch.equal(got[k], want[k]) for k in got)
+    comps = eng.generate([[1, 2], [3]], SamplingParams(n=2, max_new_tokens=5, temperature=0.5, top_k=7, seed=3,
+                                                       stop=("</answer>",)))
+    p = srv.engine.params[-1]
+    assert (p.n, p.max_new_tokens, p.temperature, p.top_k, p.seed, p.stop) == (2, 5, 0.5, 7, 3, ("</answer>",))
+    assert [c.completion_ids for c in comps] == [[10, 11], [10, 12], [11, 11], [11, 12]]
+    assert comps[3].prompt_ids == [3] and comps[3].logprobs == [-0.5, -0.25] and comps[3].finish_reason == "length"
+    assert post("/health/", method="GET") == (200, {"status": "ok", "model": srv.cfg.model, "weight_update": "idle"})
+    assert post("/reset_prefix_cache/") == (200, {}) and srv.engine.resets == 1
+
+
+def test_serve_bad_requests_name_the_problem(serve):
+    srv, url, post = serve
+    cases = [("/generate/", b"{not json", 400, "not JSON"),
+             ("/generate/", b"[1]", 400, "JSON object"),
+             ("/generate/", b"{}", 400, "missing field 'prompt_ids'"),
+             ("/generate/", b'{"prompt_ids": [[]]}', 400, "field 'prompt_ids' must be"),
+             ("/generate/", b'{"prompt_ids": [[1]], "n": "2"}', 400, "field 'n' must be"),
+             ("/generate/", b'{"prompt_ids": [[1]], "n": 0}', 400, "n must be >= 1"),
+             ("/generate/", b'{"prompt_ids": [[1]], "temprature": 1}', 400, "unknown field(s) ['temprature']"),
+             ("/update_weights/", b"", 400, "not safetensors"),
+             ("/no_such_route/", b"{}", 404, "no route POST /no_such_route/"),
+             ("/finish_weight_update/", b"{}", 409, "no weight update is open")]
+    for path, body, status, words in cases:
+        code, ans = post(path, body)
+        assert code == status and words in ans["error"], (path, body, code, ans)
+    assert post("/generate/", method="GET")[0] == 405
+    assert srv.engine.params == [] and srv.engine.loaded == []
+
+
+def test_serve_weight_update_is_atomic_and_checked(serve, tiny):
+    from safetensors.torch import save
+
+    srv, url, post = serve
+    sd = {k: v.clone() for k, v in merged_state_dict(tiny[0]).items()}
+    names = sorted(sd)
+    assert post("/update_weights/", save({names[0]: sd[names[0]]}))[0] == 409  # no update open
+    assert post("/start_weight_update/", b"{}") == (200, {"weight_update": "open"})
+    assert post("/update_weights/", save({k: sd[k] for k in names[:3]}))[0] == 200
+    code, ans = post("/generate/", b'{"prompt_ids": [[1]]}')  # half an update: refused, the engine untouched
+    assert code == 409 and "weight update is in progress" in ans["error"] and srv.engine.params == []
+    assert post("/health/", method="GET")[1]["weight_update"] == "open"
+    code, ans = post("/finish_weight_update/")
+    assert code == 400 and "weight(s) missing" in ans["error"] and srv.engine.loaded == []
+    # unknown names and wrong shapes are named; nothing reaches the engine
+    bad = dict(sd, **{"model.extra.weight": torch.zeros(2), names[1]: torch.zeros(3, 3)})
+    post("/start_weight_update/")
+    post("/update_weights/", save(bad))
+    code, ans = post("/finish_weight_update/")
+    assert code == 400 and "model.extra.weight" in ans["error"] and f"{names[1]} (3, 3)" in ans["error"]
+    assert srv.engine.loaded == [] and post("/generate/", b'{"prompt_ids": [[1]]}')[0] == 200
+    # a refused update is closed; a new start discards an unfinished one; a full update applies once
+    post("/start_weight_update/")
+    post("/update_weights/", save({"model.extra.weight": torch.zeros(2)}))
+    post("/start_weight_update/")
+    half = len(names) // 2
+    post("/update_weights/", save({k: sd[k] for k in names[:half]}))
+    code, ans = post("/update_weights/", save({k: sd[k] for k in names[half:]}))
+    assert code == 200 and ans["tensors"] == len(names)
+    code, ans = post("/finish_weight_update/")
+    assert code == 200 and ans["tensors"] == len(names) - 1  # the tied head dropped
+    assert len(srv.engine.loaded) == 1 and "model.extra.weight" not in srv.engine.loaded[0]
+
+
+def test_client_reports_a_refused_request_without_retrying(serve, tiny):
+    srv, url, post = serve
+    eng = VLLMServerEngine(None, tiny[1], base_url=url, **FAST)
+    post("/start_weight_update/")  # someone left an update open: generate is refused (409), not retried
+    with pytest.raises(VLLMServerError, match=rf"POST {url}/generate/ failed after 1 attempt\(s\): HTTP 409"):
+        eng.generate([[1]], SamplingParams(n=1))
+
+
+def test_serve_command_fails_before_loading_on_a_bad_model_or_a_taken_port(tmp_path, tiny, capsys):
+    from r1kit.cli import main
+
+    folder = write_snapshot(tiny[0], tiny[1], tmp_path / "model")
+    assert main(["vllm-serve", "--model", str(tmp_path / "nowhere")]) == 1
+    assert main(["vllm-serve", "--model", "r1kit:tiny"]) == 1
+    assert main(["vllm-serve", "--model", str(folder), "--dtype", "float64"]) == 2
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        assert main(["vllm-serve", "--model", str(folder), "--port", str(s.getsockname()[1])]) == 1
+    err = capsys.readouterr().err
+    assert "not a model folder (no config.json there)" in err and "built-in random models have none" in err
+    assert "dtype must be one of auto, float32, bfloat16, float16" in err and "cannot listen on 127.0.0.1" in err

@@ -32,6 +32,7 @@ COMMANDS = {
     "doctor": ("r1kit.diagnose.doctor:DoctorConfig", "r1kit.diagnose.doctor:run_doctor", "What a run's logs say is wrong (no learning signal, collapse, blow-ups, failing rewards...) and what to try."),
     "report": ("r1kit.diagnose.report:ReportConfig", "r1kit.diagnose.report:run_report", "One self-contained report.html of a run: its curves, sampled completions per step with their rewards, its config."),
     "pipeline": ("r1kit.pipeline:PipelineConfig", "r1kit.pipeline:run_pipeline", "DeepSeek-R1's whole recipe: cold start, reasoning RL, rejection sampling, SFT, RL for all scenarios, distillation."),
+    "vllm-serve": ("r1kit.rollout.vllm_server:VLLMServeConfig", "r1kit.rollout.vllm_server:run_serve", "A vLLM generation server for rollout_engine: vllm-server (generate, weight sync over HTTP)."),
 }
 
 # Commands that take one bare argument: `r1kit doctor RUN_DIR` is `r1kit doctor --run_dir RUN_DIR`.

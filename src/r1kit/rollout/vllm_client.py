@@ -1,16 +1,21 @@
-"""Client of a vLLM generation server (`rollout_engine: vllm-server`): `r1kit vllm-serve` answers it.
+"""Client of a vLLM generation server (`rollout_engine: vllm-server`): `r1kit vllm-serve` answers it
+(`r1kit.rollout.vllm_server`, whose doc has the protocol in full).
 
 Protocol (JSON over HTTP):
-    GET  /health/                  -> 200 when ready
-    POST /generate/                {"prompt_ids": [[int]], "n", "temperature", "top_p", "top_k",
-                                    "max_tokens", "stop", "seed", "logprobs": 0}
-                                   -> {"completion_ids": [[int]] (prompt-major, n per prompt),
-                                       "logprobs": [[float]], "finish_reasons": ["eos"|"stop"|"length"]}
-    POST /update_weights/          body: safetensors bytes of (part of) the merged state dict
-    POST /reset_prefix_cache/
+    GET  /health/                 -> 200 when ready
+    POST /generate/               {"prompt_ids": [[int]], "n", "temperature", "top_p", "top_k" (-1: off),
+                                   "max_tokens", "stop", "seed", "logprobs": 0}
+                                  -> {"completion_ids": [[int]] (prompt-major, n per prompt),
+                                      "logprobs": [[float]], "finish_reasons": ["eos"|"stop"|"length"]}
+    Weight sync, one atomic update (the names of vLLM's weight transfer):
+    POST /start_weight_update/, then POST /update_weights/ once per chunk (body: safetensors bytes of part
+    of the merged state dict, `chunk_bytes` at most), then POST /finish_weight_update/ (the server reloads
+    every weight at once and resets its prefix cache).
 Every request has a connect timeout and a read timeout (a stalled server is an error, never a hang),
-is retried with exponential backoff on connection errors, timeouts and 5xx answers, and raises
-`VLLMServerError` naming the URL, the attempts and the last cause once the retries are spent.
+is retried with exponential backoff on connection errors, timeouts and 5xx answers (a 4xx answer is
+not: it names what is wrong), and raises `VLLMServerError` naming the URL, the attempts and the last
+cause once the retries are spent. /finish_weight_update/ is not retried: a lost answer would make its
+retry meet a closed update; the next sync starts a new one.
 """
 
 from __future__ import annotations
@@ -134,18 +139,34 @@ class VLLMServerEngine:
                 for k, c in enumerate(ids)]
 
     def update_weights(self, model) -> None:
-        """Send `merged_state_dict(model)` as safetensors chunks, then reset the server's prefix cache."""
+        """Send `merged_state_dict(model)` as one weight update: start, safetensors chunks, finish."""
         if not self.sync_weights:
             return
         from safetensors.torch import save
 
-        chunk, size = {}, 0
+        t0 = time.perf_counter()
+        self.request("POST", "/start_weight_update/", b"{}")
+        chunk, size, total = {}, 0, 0
         for name, t in merged_state_dict(model).items():
             chunk[name] = t.detach().cpu().clone()  # own storage: tied weights share one
             size += t.numel() * t.element_size()
             if size >= self.chunk_bytes:
-                self.request("POST", "/update_weights/", save(chunk), "application/octet-stream")
+                total += self._send_chunk(save(chunk))
                 chunk, size = {}, 0
         if chunk:
-            self.request("POST", "/update_weights/", save(chunk), "application/octet-stream")
+            total += self._send_chunk(save(chunk))
+        raw = self.request("POST", "/finish_weight_update/", b"{}", retries=0)
+        try:
+            server_s = float(json.loads(raw).get("seconds", float("nan")))
+        except (ValueError, AttributeError):
+            server_s = float("nan")
+        log.info("vLLM server %s: weights synced (%.1f MB in %.2f s; the server's reload %.2f s)", self.base_url,
+                 total / 2**20, time.perf_counter() - t0, server_s)
+
+    def _send_chunk(self, data: bytes) -> int:
+        self.request("POST", "/update_weights/", data, "application/octet-stream")
+        return len(data)
+
+    def reset_prefix_cache(self) -> None:
+        """Drop the server's cached prefixes (a weight update does this itself)."""
         self.request("POST", "/reset_prefix_cache/", b"{}")

@@ -102,18 +102,10 @@ class VLLMEngine:
 
     def _start(self, model, on_cuda: bool, memory: float | None, max_model_len: int | None, eager: bool | None,
                seed: int, extra: dict):
-        vllm = import_vllm()
-        dtype = next(model.parameters()).dtype
-        kw = dict(model=str(self.snapshot), dtype=str(dtype).removeprefix("torch."), seed=seed,
-                  gpu_memory_utilization=memory if memory is not None else (0.3 if on_cuda else CPU_MEMORY_SHARE),
-                  enforce_eager=(not on_cuda) if eager is None else eager, enable_sleep_mode=self.sleep_between,
-                  logprobs_mode="processed_logprobs", generation_config="vllm", worker_extension_cls=WORKER_EXTENSION)
-        if max_model_len is not None:
-            kw["max_model_len"] = max_model_len
-        if self.weight_sync == "ipc":
-            kw["weight_transfer_config"] = {"backend": "ipc"}
-        kw.update(extra)
-        llm = vllm.LLM(**kw)
+        dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+        llm = start_llm(self.snapshot, on_cuda=on_cuda, dtype=dtype, gpu_memory_utilization=memory,
+                        max_model_len=max_model_len, enforce_eager=eager, seed=seed, sleep=self.sleep_between,
+                        ipc=self.weight_sync == "ipc", **extra)
         if self.weight_sync == "ipc":
             from vllm.distributed.weight_transfer.ipc_engine import IPCTrainerInitInfo, IPCTrainerWeightTransferEngine
 
@@ -136,12 +128,18 @@ class VLLMEngine:
     # contract ----------------------------------------------------------------------------------
     def update_weights(self, model) -> None:
         """Make vLLM sample from `model`'s current weights (see the module doc for the two paths)."""
+        if self.weight_sync == "snapshot":
+            return self.load_weights(merged_state_dict(model))
         self._wake(["weights"])
-        if self.weight_sync == "ipc":
-            self._sender.send_weights()
-        else:
-            write_weights(merged_state_dict(model), self.snapshot, self._tied)
-            self.llm.collective_rpc("r1kit_load_snapshot", args=(str(self.snapshot),))
+        self._sender.send_weights()
+        self.llm.reset_prefix_cache()
+
+    def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        """The snapshot path: write `weights` (base-model names, every weight) to the snapshot folder and
+        reload them in every vLLM worker, then reset the prefix cache (`r1kit vllm-serve` calls this too)."""
+        self._wake(["weights"])
+        write_weights(weights, self.snapshot, self._tied)
+        self.llm.collective_rpc("r1kit_load_snapshot", args=(str(self.snapshot),))
         self.llm.reset_prefix_cache()
 
     def _sampling_params(self, params: SamplingParams, i: int):
@@ -162,6 +160,26 @@ class VLLMEngine:
         finally:
             self._sleep()
         return to_completions(prompt_ids, outs, params.n)
+
+
+def start_llm(folder, *, on_cuda: bool, dtype: str = "auto", gpu_memory_utilization: float | None = None,
+              max_model_len: int | None = None, enforce_eager: bool | None = None, seed: int = 0,
+              sleep: bool = False, ipc: bool = False, **extra):
+    """The one way r1kit starts a `vllm.LLM` (the colocated engine and `r1kit vllm-serve`): the model in
+    `folder`, r1kit's worker extension, processed log-probs, the model's generation_config ignored, the
+    device's defaults (module doc); `extra` goes to `vllm.LLM` as is and wins."""
+    vllm = import_vllm()
+    kw = dict(model=str(folder), dtype=dtype, seed=seed,
+              gpu_memory_utilization=gpu_memory_utilization if gpu_memory_utilization is not None else
+              (0.3 if on_cuda else CPU_MEMORY_SHARE),
+              enforce_eager=(not on_cuda) if enforce_eager is None else enforce_eager, enable_sleep_mode=sleep,
+              logprobs_mode="processed_logprobs", generation_config="vllm", worker_extension_cls=WORKER_EXTENSION)
+    if max_model_len is not None:
+        kw["max_model_len"] = max_model_len
+    if ipc:
+        kw["weight_transfer_config"] = {"backend": "ipc"}
+    kw.update(extra)
+    return vllm.LLM(**kw)
 
 
 def make_vllm_engine(model, tokenizer, mode: str = "colocate", **kw):
