@@ -2,7 +2,7 @@
 tiny HTTP server on 127.0.0.1 for the server client, and merged LoRA weights (`merged_state_dict`).
 
 `r1kit vllm-serve`'s HTTP layer (`VLLMServer`: routes, validation, atomic weight updates) is tested here
-over a fake engine; tests/vllm/test_vllm_server.py runs the real server. Not tested here (no GPU, no
+over a fake engine; tests/vllm_real/test_vllm_server.py runs the real server. Not tested here (no GPU, no
 vllm): a real `vllm.LLM`, real sleep/wake memory behaviour, vLLM's own `load_weights` name mapping."""
 
 import json

@@ -40,7 +40,8 @@ from r1kit.train.skeleton import TrainRun
 log = logging.getLogger("r1kit.grpo")
 
 # Options that may change on resume besides checkpoint.RESUMABLE_CHANGES (they do not change what is trained).
-ALSO_RESUMABLE = frozenset({"log_completions", "reward_timeout_s", "max_reward_failure_fraction"})
+ALSO_RESUMABLE = frozenset({"log_completions", "reward_timeout_s", "max_reward_failure_fraction",
+                            "rollout_engine_kwargs"})  # e.g. a restarted server's new URL
 
 
 def train(cfg: GRPOConfig, callback=None) -> Path:
@@ -73,8 +74,8 @@ def train(cfg: GRPOConfig, callback=None) -> Path:
         cfg.num_train_epochs * len(prompts) / (prompts_per_step * run.rt.world_size)))
     run.start(tokenizer, num_rows=len(prompts), total_steps=total_steps, fingerprint=prompts.fingerprint,
               data="dataset (or its template)", optimizer_steps=total_steps * cfg.num_iterations)
-    if cfg.resume_from_checkpoint:
-        run.sync_engine(engine)
+    if cfg.resume_from_checkpoint and (error := sync_engine(run, engine)) is not None:
+        raise RolloutError(f"resuming: the checkpoint's weights could not be sent to the rollout engine: {error}")
     correct = corrects_sampler(cfg)
     source = Ahead(lambda step, sampler, params: generate_step(run, engine, params, prompts, rewarder, prompts_per_step,
                                                                step, sampler),
@@ -95,16 +96,20 @@ def train(cfg: GRPOConfig, callback=None) -> Path:
                 source.settle()  # async: the next batch's generation (with the old weights) must end first
                 timings = {"generate": gen.seconds, "train": t_wait - t_train,
                            "wait_generation": time.perf_counter() - t_wait}
-                run.sync_engine(engine)  # 7. the engine samples from the new policy next step
+                sync_error = sync_engine(run, engine)  # 7. the engine samples from the new policy next step
                 metrics = (step_metrics(run, roll, advantages, gen, stats, timings, isolation, t_step) | drift
                            | stats.correction_metrics(run.rt))  # 8.
-                if callback is not None:
+                if callback is not None and sync_error is None:
                     metrics.update(callback(step, run.full_model(), engine) or {})
                 rows = gather_completion_rows(run, roll, advantages, prompts) if cfg.log_completions else None
                 if rows is not None:
                     run.tracker.log_completions(step, rows)
                 run.end_step(step, metrics, {"reward": f"{metrics.get('reward', math.nan):.3f}",
                                              "len": f"{metrics['completions/mean_length']:.0f}"}, completions=rows)
+                if sync_error is not None:  # this step is trained and recorded: keep it, then stop
+                    raise RolloutError(f"step {step}: sending the new weights to the rollout engine failed: "
+                                       f"{sync_error}. {run.checkpoint_last_completed(step + 1)}; resume with "
+                                       f"resume_from_checkpoint=true once the engine works") from sync_error
         finally:
             source.close()
     return run.finish()
@@ -153,6 +158,16 @@ def sample_and_score(run: TrainRun, source: Ahead, step: int) -> tuple[Rollouts,
     check_reward_failures(run, roll.rewards.errors, cfg.batch_size * (gen.rounds + 1), step)
     gen.staleness = staleness
     return roll, gen
+
+
+def sync_engine(run: TrainRun, engine) -> RolloutError | None:
+    """Step 7: the engine's weights := the trainer's. An engine that fails (a server that died) is returned,
+    not raised, so the caller can record the trained step before stopping."""
+    try:
+        run.sync_engine(engine)
+    except RolloutError as e:
+        return e
+    return None
 
 
 def compute_advantages(run: TrainRun, roll: Rollouts, cfg: GRPOConfig) -> torch.Tensor:
