@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
@@ -16,7 +17,7 @@ from r1kit.models.tiny import build_tiny
 from r1kit.train.checkpoint import list_checkpoints
 from r1kit.train.sft import sft_loss, train
 from r1kit.train.sft_config import SFTConfig
-from r1kit.train.tracking import read_metrics
+from r1kit.train.tracking import KNOWN_TRACKERS, read_metrics
 
 TIMING = ("timing_s/", "perf/")
 
@@ -190,8 +191,9 @@ def test_bad_rows_are_named(tmp_path, tiny, tiny_chat, capsys):
         build_examples(msgs, tok, "d", max_length=64)
     with pytest.raises(DataError, match="no non-empty assistant turn"):
         build_examples([{"messages": [{"role": "user", "content": "hi"}]}], tiny_chat[1], "d", max_length=64)
-    with pytest.raises(DataError, match="'messages' column or 'prompt' and 'completion'"):
-        build_examples([{"text": "x"}], tok, "d", max_length=64)
+    with pytest.raises(DataError, match=r"'messages' column \(messages_column\), 'prompt' and 'completion' columns "
+                                        r"\(prompt_column, completion_column\) or a 'text' column \(dataset_text_field\)"):
+        build_examples([{"body": "x"}], tok, "d", max_length=64)
     # through the CLI: a bad file fails before training with exit code 1 and the row named
     bad = write_jsonl(tmp_path / "bad.jsonl", rows)
     assert cli_main(["sft", "--dataset_name", bad, "--template", "none", "--output_dir", str(tmp_path / "o")]) == 1
@@ -206,7 +208,9 @@ def test_recipes_load():
     recipes = sorted((Path(__file__).parent.parent / "recipes").glob("sft-*.yaml"))
     assert recipes
     for path in recipes:
-        cfg = load_config(SFTConfig, str(path))
+        # report_to's trackers must be installed to load a recipe (tests/test_rough_edges.py); here: known ones
+        assert set(yaml.safe_load(path.read_text()).get("report_to", [])) <= set(KNOWN_TRACKERS)
+        cfg = load_config(SFTConfig, str(path), ["--report_to", "none"])
         assert cfg.completion_only_loss and cfg.dataset_name
 
 

@@ -3,7 +3,8 @@
 Every config is a plain dataclass whose fields carry their documentation in `metadata["help"]`
 (shown by `r1kit <cmd> --help`). `load_config(cls, path, overrides)` reads the YAML file, applies
 the overrides, coerces each value to the field's annotated type, and rejects unknown keys with a
-message that names the key, the file, and the closest known field.
+message that names the key, the file, and the known field it is close to (if any). A command-line
+value is the text as typed for a string option and YAML for the others when it starts with [ or {.
 """
 
 from __future__ import annotations
@@ -55,13 +56,14 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     if origin in (list, tuple):
         (inner, *_) = typing.get_args(tp) or (Any,)
         if isinstance(value, str):
-            value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+            value = (_yaml_value(value, key, source, "a list") if value.strip().startswith("[")
+                     else [v for v in value.split(",") if v])
         if not isinstance(value, (list, tuple)):
             value = [value]
         return [_coerce(v, inner, key, source) for v in value]
     if origin is dict or tp is dict:
         if isinstance(value, str):
-            value = yaml.safe_load(value)
+            value = _yaml_value(value, key, source, "a mapping")
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: '{key}' must be a mapping, got {value!r}")
         return value
@@ -97,10 +99,51 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     return value
 
 
+_YAML_EXAMPLES = {"a list": "[a, b]", "a mapping": "{key: value}"}
+
+
+def _yaml_value(text: str, key: str, source: str, expected: str) -> Any:
+    """`text` parsed as YAML, or a one-line ConfigError naming the key and what was expected."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or type(e).__name__
+        where = f"--{key}" if source.endswith("command line") else f"'{key}'"
+        raise ConfigError(f"{source}: {where} {text!r} is not valid YAML ({problem}); expected {expected} "
+                          f"in YAML, e.g. {_YAML_EXAMPLES.get(expected, '...')}") from None
+
+
+def _takes_text(tp: Any) -> bool:
+    """True for a `str` (or `str | None`) field: its command-line value is the text as typed."""
+    return tp is str or (typing.get_origin(tp) in (Union, types.UnionType)
+                         and set(typing.get_args(tp)) <= {str, type(None)})
+
+
+# A suggestion needs this difflib ratio to the unknown key ("lerning_rate" -> "learning_rate" 0.96), unless
+# the key's words are all words of a known key ("prompt_column" -> "dataset_prompt_column"), which needs
+# WORDS_RATIO. "hub_strategy" -> "distributed_strategy" (0.63, 'hub' not a word of it) gets no suggestion.
+CLOSE_RATIO = 0.8
+WORDS_RATIO = 0.5
+MAX_SUGGESTIONS = 3
+
+
+def close_keys(key: str, names: Sequence[str]) -> list[str]:
+    """The known keys that an unknown `key` is probably a misspelling or a short form of, best first
+    (none when nothing is really close)."""
+    def ratio(name: str) -> float:
+        return difflib.SequenceMatcher(None, key, name).ratio()
+
+    words = [w for w in key.split("_") if w]
+    by_words = [n for n in names if words and set(words) <= set(n.split("_")) and ratio(n) >= WORDS_RATIO]
+    if by_words:
+        return sorted(by_words, key=ratio, reverse=True)[:MAX_SUGGESTIONS]
+    best = max(names, key=ratio, default=None)
+    return [best] if best is not None and ratio(best) >= CLOSE_RATIO else []
+
+
 def _unknown_key_error(key: str, cls: type, source: str) -> ConfigError:
-    names = [f.name for f in dataclasses.fields(cls)]
-    close = difflib.get_close_matches(key, names, n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    close = close_keys(key, [f.name for f in dataclasses.fields(cls)])
+    hint = f" (did you mean {one_of([repr(c) for c in close])}?)" if close else ""
     return ConfigError(f"{source}: unknown key '{key}' for {cls.__name__}{hint}")
 
 
@@ -171,11 +214,16 @@ def load_config(cls: type, path: str | None = None, overrides: list[str] | None 
         source = str(path)
     else:
         source = "command line"
+    hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     for key, value in parse_overrides(overrides or []):
         if key not in names:
             raise _unknown_key_error(key, cls, "command line")
-        data[key] = yaml.safe_load(value) if value.strip()[:1] in ("[", "{") else value
+        # A string option takes the text as typed (`--template '{prompt} =>'` is a template, not YAML);
+        # a value starting with [ or { is YAML for the others (`--reward_weights '[1, 0.5]'`).
+        if value.strip()[:1] in ("[", "{") and not _takes_text(hints[key]):
+            value = _yaml_value(value, key, "command line", "a mapping" if value.strip()[0] == "{" else "a list")
+        data[key] = value
         source = f"{path} + command line" if path else "command line"
     return from_dict(cls, data, source)
 

@@ -19,6 +19,10 @@ DEFAULT_TASK_ROWS = {"train": 1000, "test": 200}
 # How many individual row errors one DataError lists before summarising the rest.
 MAX_REPORTED_ERRORS = 5
 
+# The config keys that name the prompt and answer columns: GRPOConfig's and SampleConfig's; a caller whose
+# config calls them otherwise (eval's problem_column/solution_column) passes its own as `column_keys`.
+COLUMN_KEYS = ("dataset_prompt_column", "dataset_answer_column")
+
 _JSON_SUFFIXES = (".jsonl", ".json")
 _PARQUET_SUFFIXES = (".parquet",)
 
@@ -31,7 +35,7 @@ class DataError(ValueError):
 # Validation
 
 
-def _type_name(value: Any) -> str:
+def type_name(value: Any) -> str:
     return "None" if value is None else type(value).__name__
 
 
@@ -44,21 +48,21 @@ def _prompt_problem(value: Any, field: str) -> str | None:
             return f"{field!r} is an empty conversation"
         for j, message in enumerate(value):
             if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
-                return (f"{field!r} message {j} is {_type_name(message)}, expected a "
+                return (f"{field!r} message {j} is {type_name(message)}, expected a "
                         "{'role': ..., 'content': ...} message")
             if not isinstance(message["role"], str) or not isinstance(message["content"], str):
                 return (f"{field!r} message {j} needs string 'role' and 'content' "
-                        f"(got {_type_name(message['role'])} and {_type_name(message['content'])})")
+                        f"(got {type_name(message['role'])} and {type_name(message['content'])})")
         if not any(m["content"].strip() for m in value):
             return f"{field!r} conversation has only empty messages"
         return None
-    return f"{field!r} is {_type_name(value)}, expected str or a list of {{role, content}} messages"
+    return f"{field!r} is {type_name(value)}, expected str or a list of {{role, content}} messages"
 
 
 def _answer_problem(value: Any, field: str) -> str | None:
     if isinstance(value, str):
         return None
-    return f"{field!r} is {_type_name(value)}, expected str"
+    return f"{field!r} is {type_name(value)}, expected str"
 
 
 def _column_names(rows: Any) -> list[str]:
@@ -106,21 +110,21 @@ def validate_rows(
     prompt_column: str = "prompt",
     answer_column: str = "solution",
     line_numbers: Sequence[int] | None = None,
+    column_keys: tuple[str, str] = COLUMN_KEYS,
 ) -> None:
     """Raise `DataError` unless every row has a usable prompt and a string answer.
 
     `rows` is a `datasets.Dataset` or a list of dicts. Row numbers in messages are 0-based indices
     (`ds[7]` is "row 7"); pass `line_numbers` (1-based, one per row) to also name the file line.
+    `column_keys` are the config keys that set the two columns, named when a column is missing.
     """
     if len(rows) == 0:
         raise DataError(f"{source}: the dataset is empty (no rows)")
     columns = _column_names(rows)
-    for column, what in ((prompt_column, "prompt"), (answer_column, "answer")):
+    for column, what, key in ((prompt_column, "prompt", column_keys[0]), (answer_column, "answer", column_keys[1])):
         if column not in columns:
-            raise DataError(
-                f"{source}: no {what} column {column!r}; available columns: {columns}. "
-                f"Set {what}_column to the right one."
-            )
+            raise DataError(f"{source}: no {what} column {column!r}; available columns: {columns}. "
+                            f"Set {key} to the column that holds the {what}s.")
     report = RowProblems(source, line_numbers)
     first_kind: tuple[int, str] | None = None  # (row, "a string" | "a conversation") of the first prompt
 
@@ -164,7 +168,7 @@ def _read_json_lines(path: Path) -> tuple[list[dict], list[int]]:
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}: line {lineno}: invalid JSON ({e.msg})") from None
             if not isinstance(row, dict):
-                raise DataError(f"{path}: line {lineno}: expected a JSON object, got {_type_name(row)}")
+                raise DataError(f"{path}: line {lineno}: expected a JSON object, got {type_name(row)}")
             rows.append(row)
             lines.append(lineno)
     return rows, lines
@@ -181,7 +185,7 @@ def read_json_file(path: Path) -> tuple[list[dict], list[int] | None]:
         if isinstance(data, list):
             for i, row in enumerate(data):
                 if not isinstance(row, dict):
-                    raise DataError(f"{path}: item {i}: expected a JSON object, got {_type_name(row)}")
+                    raise DataError(f"{path}: item {i}: expected a JSON object, got {type_name(row)}")
             return data, None
         if isinstance(data, dict):
             raise DataError(f"{path}: expected a list of row objects or JSON lines, got one JSON object")
@@ -197,12 +201,13 @@ def _rows_to_dataset(rows: list[dict], source: str):
         raise DataError(f"{source}: cannot build a table from the rows ({type(e).__name__}: {e})") from e
 
 
-def _load_file(path: Path, prompt_column: str, answer_column: str):
+def _load_file(path: Path, prompt_column: str, answer_column: str, column_keys: tuple[str, str]):
     source = str(path)
     if path.suffix in _JSON_SUFFIXES:
         rows, lines = read_json_file(path)
         # Validate the raw rows first: arrow cannot even build a column mixing str and int answers.
-        validate_rows(rows, source, prompt_column=prompt_column, answer_column=answer_column, line_numbers=lines)
+        validate_rows(rows, source, prompt_column=prompt_column, answer_column=answer_column, line_numbers=lines,
+                      column_keys=column_keys)
         return _rows_to_dataset(rows, source)
     if path.suffix in _PARQUET_SUFFIXES:
         from datasets import Dataset
@@ -240,7 +245,7 @@ def load_saved_split(folder: Path, split: str):
     return ds
 
 
-def _load_folder(folder: Path, split: str, prompt_column: str, answer_column: str):
+def _load_folder(folder: Path, split: str, prompt_column: str, answer_column: str, column_keys: tuple[str, str]):
     from datasets import concatenate_datasets
 
     saved = load_saved_split(folder, split)
@@ -252,7 +257,7 @@ def _load_folder(folder: Path, split: str, prompt_column: str, answer_column: st
             f"{folder}: no data files for split {split!r} (looked for .jsonl/.json/.parquet files, "
             f"named '{split}*' when the folder is split by file name), and not a save_to_disk folder"
         )
-    parts = [_load_file(p, prompt_column, answer_column) for p in files]
+    parts = [_load_file(p, prompt_column, answer_column, column_keys) for p in files]
     if len(parts) == 1:
         return parts[0]
     try:
@@ -311,6 +316,7 @@ def load_dataset_rows(
     dataset_config: str | None = None,
     num_rows: int | None = None,
     seed: int = 0,
+    column_keys: tuple[str, str] = COLUMN_KEYS,
 ):
     """Load a dataset as a `datasets.Dataset` with `prompt` and `solution` columns plus the others.
 
@@ -318,7 +324,8 @@ def load_dataset_rows(
     folder of such files; files named `train*`/`test*` select the split), `r1kit:TASK` (a
     procedural task; `num_rows` rows generated with `seed`), or a hub id. A single file is the whole
     dataset: `split` does not apply to it. `num_rows` keeps the first rows (no shuffling; the
-    trainer shuffles). Raises `DataError` naming the source, row and field of any bad row.
+    trainer shuffles). Raises `DataError` naming the source, row and field of any bad row, and for a
+    missing column the config key that sets it (`column_keys`: the prompt's and the answer's).
     """
     if dataset_name.startswith(TASK_PREFIX):
         source = dataset_name
@@ -328,9 +335,9 @@ def load_dataset_rows(
         path = Path(os.path.expanduser(dataset_name))
         source = str(path)
         if path.is_file():
-            ds = _load_file(path, prompt_column, answer_column)
+            ds = _load_file(path, prompt_column, answer_column, column_keys)
         elif path.is_dir():
-            ds = _load_folder(path, split, prompt_column, answer_column)
+            ds = _load_folder(path, split, prompt_column, answer_column, column_keys)
         elif looks_like_path(dataset_name):
             raise DataError(f"{dataset_name}: no such file or folder")
         else:
@@ -341,18 +348,18 @@ def load_dataset_rows(
         if num_rows <= 0:
             raise DataError(f"{source}: num_rows must be positive, got {num_rows}")
         ds = ds.select(range(min(num_rows, len(ds))))
-    validate_rows(ds, source, prompt_column=prompt_column, answer_column=answer_column)
-    return _rename_columns(ds, source, prompt_column, answer_column)
+    validate_rows(ds, source, prompt_column=prompt_column, answer_column=answer_column, column_keys=column_keys)
+    return _rename_columns(ds, source, prompt_column, answer_column, column_keys)
 
 
-def _rename_columns(ds, source: str, prompt_column: str, answer_column: str):
+def _rename_columns(ds, source: str, prompt_column: str, answer_column: str, column_keys: tuple[str, str]):
     if prompt_column == answer_column:
-        raise DataError(f"{source}: prompt_column and answer_column are both {prompt_column!r}")
+        raise DataError(f"{source}: {column_keys[0]} and {column_keys[1]} are both {prompt_column!r}")
     mapping = {old: new for old, new in ((prompt_column, "prompt"), (answer_column, "solution")) if old != new}
     for old, new in mapping.items():
         if new in ds.column_names and new not in mapping:
             raise DataError(
                 f"{source}: cannot rename {old!r} to {new!r}: a {new!r} column already exists; "
-                f"rename or drop it, or set the column option to {new!r}"
+                f"rename or drop it, or set {column_keys[0] if new == 'prompt' else column_keys[1]} to {new!r}"
             )
     return ds.rename_columns(mapping) if mapping else ds

@@ -1,6 +1,6 @@
-"""Supervised fine-tuning data: `messages` or `prompt`/`completion` rows -> token ids + loss masks.
+"""Supervised fine-tuning data: `messages`, `prompt`/`completion` or `text` rows -> token ids + loss masks.
 
-Two row shapes (the first that the columns allow):
+Three row shapes (the first that the columns allow):
 - `messages`: a chat conversation; rendered with the tokenizer's chat template, loss on the
   assistant turns (each turn's text as the template writes it after the generation prompt, end-of-turn
   marker included). Each piece is tokenized on its own, so an assistant turn is tokenized exactly as
@@ -10,6 +10,8 @@ Two row shapes (the first that the columns allow):
   completion gets EOS appended (and, after a plain-text template, one joining space when neither side
   has whitespace at the seam: "Assistant:" + "<think>…" trains " <think>…", see `_joins_words`); a completion given as assistant messages is rendered by the chat
   template (whose end-of-turn marker ends it).
+- `text` (`dataset_text_field`): TRL's language-modeling rows: the text, tokenized with the tokenizer's
+  special tokens and EOS appended (unless it ends with it), is trained on all its tokens.
 Every row is checked before training: a bad row fails with its source, row (and file line) and field.
 """
 
@@ -23,7 +25,7 @@ from pathlib import Path
 import torch
 
 from r1kit.data.datasets import (DataError, RowProblems, load_hub, load_saved_split, looks_like_path,
-                                 read_json_file, split_files)
+                                 read_json_file, split_files, type_name)
 from r1kit.data.templates import is_conversation, plain_messages, render_prompt
 
 # SFT's own template name next to data.templates.TEMPLATES: a string prompt as is (a conversation prompt
@@ -73,7 +75,7 @@ def load_sft_rows(dataset_name: str, split: str = "train", *, dataset_config: st
             for f in files:
                 rows += _read_table(f)[0]
     elif looks_like_path(dataset_name) or dataset_name.startswith("r1kit:"):
-        raise DataError(f"{dataset_name}: no such file or folder (SFT needs messages or prompt/completion rows)")
+        raise DataError(f"{dataset_name}: no such file or folder (SFT needs messages, prompt/completion or text rows)")
     else:
         rows = load_hub(dataset_name, split, dataset_config).to_list()
     if not rows:
@@ -145,10 +147,25 @@ def _joins_words(prompt_text: str, completion: str) -> bool:
     return bool(prompt_text) and not prompt_text[-1].isspace() and not completion[0].isspace()
 
 
+def _with_eos(ids: list[int], text: str, tokenizer) -> list[int]:
+    """`ids` of `text` with the EOS token appended, unless the text already ends with it."""
+    if tokenizer.eos_token_id is None or text.endswith(tokenizer.eos_token or ""):
+        return ids
+    return ids + [tokenizer.eos_token_id]
+
+
 def encode_row(row: dict, tokenizer, *, kind: str, template: str = "r1_zero", system_prompt: str | None = None,
                messages_column: str = "messages", prompt_column: str = "prompt",
-               completion_column: str = "completion", completion_only_loss: bool = True) -> Example:
+               completion_column: str = "completion", completion_only_loss: bool = True,
+               dataset_text_field: str = "text") -> Example:
     """Token ids and loss mask of one row; ValueError/DataError with the field named if it is unusable."""
+    if kind == "text":
+        text = row.get(dataset_text_field)
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"{dataset_text_field!r} is {'empty' if isinstance(text, str) else type_name(text)}, "
+                             "expected a non-empty string")
+        ids = _with_eos(_ids(tokenizer, text, True), text, tokenizer)
+        return Example(ids, [0] + [1] * (len(ids) - 1))  # every token but the first is a target
     if kind == "messages":
         messages = row.get(messages_column)
         problem = _messages_problem(messages, messages_column)
@@ -181,10 +198,7 @@ def encode_row(row: dict, tokenizer, *, kind: str, template: str = "r1_zero", sy
                                             system_prompt)
             if plain and _joins_words(prompt_text, completion):
                 completion = " " + completion  # see _joins_words
-            eos = tokenizer.eos_token or ""
-            ids = _ids(tokenizer, completion, False)
-            if not completion.endswith(eos) and tokenizer.eos_token_id is not None:
-                ids = ids + [tokenizer.eos_token_id]
+            ids = _with_eos(_ids(tokenizer, completion, False), completion, tokenizer)
             pieces = [(_ids(tokenizer, prompt_text, template != "chat"), False), (ids, True)]
         else:
             problem = _messages_problem(completion, completion_column)
@@ -208,15 +222,19 @@ def build_examples(rows: list[dict], tokenizer, source: str, lines: list[int] | 
                    max_length: int, truncate: bool = False, **encode_kw) -> tuple[list[Example], str]:
     """Encode every row; returns (examples, kind). Raises DataError listing the first bad rows."""
     columns = {k for r in rows[:100] for k in r}
-    mc, pc, cc = (encode_kw.get(k, d) for k, d in (("messages_column", "messages"), ("prompt_column", "prompt"),
-                                                     ("completion_column", "completion")))
+    mc, pc, cc, tc = (encode_kw.get(k, d) for k, d in (
+        ("messages_column", "messages"), ("prompt_column", "prompt"), ("completion_column", "completion"),
+        ("dataset_text_field", "text")))
     if mc in columns:
         kind = "messages"
     elif pc in columns and cc in columns:
         kind = "prompt_completion"
+    elif tc in columns:
+        kind = "text"
     else:
-        raise DataError(f"{source}: SFT rows need a {mc!r} column or {pc!r} and {cc!r} columns; "
-                        f"found columns {sorted(columns)}")
+        raise DataError(f"{source}: SFT rows need a {mc!r} column (messages_column), {pc!r} and {cc!r} columns "
+                        f"(prompt_column, completion_column) or a {tc!r} column (dataset_text_field); found "
+                        f"columns {sorted(columns)}; set the key that names your column")
     examples, report = [], RowProblems(source, lines)
     for i, row in enumerate(rows):
         try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from r1kit.config import field, one_of
-from r1kit.train.tracking import KNOWN_TRACKERS
+from r1kit.train.tracking import KNOWN_TRACKERS, check_trackers
 from r1kit.utils.dist import STRATEGIES
 
 
@@ -86,6 +86,7 @@ class TrainingArgs:
         need(self, self.save_total_limit is None or self.save_total_limit >= 1, "save_total_limit", "must be >= 1")
         need(self, self.distributed_strategy in STRATEGIES, "distributed_strategy", f"must be one of {list(STRATEGIES)}")
         need(self, set(self.report_to) <= set(KNOWN_TRACKERS), "report_to", f"must list trackers of {list(KNOWN_TRACKERS)}")
+        check_trackers(self.report_to)  # a tracker whose package is missing fails here, before the run
 
     @property
     def batch_size(self) -> int:

@@ -93,7 +93,8 @@ def prepare_data(cfg: SFTConfig, tokenizer) -> dict:
     examples, kind = build_examples(
         raw, tokenizer, source, lines, max_length=cfg.max_length, truncate=cfg.truncate, template=cfg.template,
         system_prompt=cfg.system_prompt, messages_column=cfg.messages_column, prompt_column=cfg.prompt_column,
-        completion_column=cfg.completion_column, completion_only_loss=cfg.completion_only_loss)
+        completion_column=cfg.completion_column, completion_only_loss=cfg.completion_only_loss,
+        dataset_text_field=cfg.dataset_text_field)
     rows = pack_examples(examples, cfg.max_length) if cfg.packing else [[e] for e in examples]
     return {"rows": rows, "kind": kind, "num_examples": len(examples),
             "fingerprint": fingerprint(examples) + ("-packed" if cfg.packing else "")}

@@ -21,6 +21,8 @@ class SFTConfig(TrainingArgs, ModelArgs):
     messages_column: str = field("messages", help="Column of chat conversations (loss on assistant turns); used when present.")
     prompt_column: str = field("prompt", help="Prompt column of prompt/completion data (a string or chat messages).")
     completion_column: str = field("completion", help="Completion column of prompt/completion data (a string or assistant messages).")
+    dataset_text_field: str = field("text", help="Column of plain-text (language modeling) data, trained on all its tokens; "
+                                                 "used when neither messages nor prompt/completion columns are there.")
     template: str = field("r1_zero", help=f"How a string prompt becomes text: {template_help(extra=SFT_TEMPLATES, custom=True)}.")
     system_prompt: str | None = field(None, help="System message for template: chat.")
     max_length: int = field(1024, help="Longest tokenized example (prompt + completion + EOS); also the packed row length.")

@@ -7,6 +7,7 @@ uninterrupted run.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -14,6 +15,21 @@ from pathlib import Path
 from r1kit.utils.io import finite_or_none
 
 KNOWN_TRACKERS = ("none", "tensorboard", "wandb", "trackio")
+# The package (import and pip name) each tracker needs; tensorboard is written by torch.utils.tensorboard.
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio"}
+
+
+def check_trackers(report_to: list[str]) -> None:
+    """Raise a ValueError naming `report_to`, the tracker and the pip command for each tracker of
+    `report_to` whose package is not installed (checked without importing it), so a run fails at set-up
+    instead of with an import error."""
+    missing = [r for r in dict.fromkeys(report_to) if r in TRACKER_PACKAGES
+               and importlib.util.find_spec(TRACKER_PACKAGES[r]) is None]
+    if missing:
+        names = " and ".join(missing)
+        raise ValueError(f"'report_to' is {list(report_to)} but {names} {'is' if len(missing) == 1 else 'are'} not "
+                         f"installed: pip install {' '.join(TRACKER_PACKAGES[m] for m in missing)} (or leave {names} "
+                         f"out of report_to)")
 
 
 class Tracker:
@@ -22,6 +38,7 @@ class Tracker:
         unknown = [r for r in report_to if r not in KNOWN_TRACKERS]
         if unknown:
             raise ValueError(f"'report_to' has unknown tracker(s) {unknown}; choose from {list(KNOWN_TRACKERS)}")
+        check_trackers(report_to)
         self.enabled = enabled
         self.dir = Path(output_dir)
         self.backends = []
@@ -32,20 +49,28 @@ class Tracker:
         self.metrics_path = self.dir / "metrics.jsonl"
         self._truncate_after(resume_step)
         for name in report_to:
-            if name == "tensorboard":
-                from torch.utils.tensorboard import SummaryWriter
+            try:
+                self._start(name, config, run_name)
+            except ImportError as e:  # installed, but it (or a dependency of it) does not import
+                raise ValueError(f"'report_to' {name}: the {TRACKER_PACKAGES[name]} package does not import "
+                                 f"({type(e).__name__}: {e}); reinstall it: pip install -U "
+                                 f"{TRACKER_PACKAGES[name]}") from e
 
-                self.backends.append(("tensorboard", SummaryWriter(log_dir=str(self.dir / "runs"))))
-            elif name == "wandb":
-                import wandb
+    def _start(self, name: str, config: dict, run_name: str | None) -> None:
+        if name == "tensorboard":
+            from torch.utils.tensorboard import SummaryWriter
 
-                wandb.init(config=config, name=run_name, dir=str(self.dir))
-                self.backends.append(("wandb", wandb))
-            elif name == "trackio":
-                import trackio
+            self.backends.append(("tensorboard", SummaryWriter(log_dir=str(self.dir / "runs"))))
+        elif name == "wandb":
+            import wandb
 
-                trackio.init(project="r1kit", name=run_name, config=config)
-                self.backends.append(("trackio", trackio))
+            wandb.init(config=config, name=run_name, dir=str(self.dir))
+            self.backends.append(("wandb", wandb))
+        elif name == "trackio":
+            import trackio
+
+            trackio.init(project="r1kit", name=run_name, config=config)
+            self.backends.append(("trackio", trackio))
 
     def _truncate_after(self, step: int | None) -> None:
         if step is None or not self.metrics_path.exists():
