@@ -161,7 +161,8 @@ def load_problems(cfg: EvalConfig):
         return rows, task.score, (extract_number if numeric else tag_answer)
 
     ds = load_dataset_rows(cfg.task, cfg.split, prompt_column=cfg.problem_column,
-                           answer_column=cfg.solution_column, num_rows=cfg.num_problems)
+                           answer_column=cfg.solution_column, num_rows=cfg.num_problems,
+                           column_keys=("problem_column", "solution_column"))
     rows = ds.to_list()
     # The accuracy reward returns None for a gold answer it cannot parse: such problems cannot be scored.
     usable = accuracy([""] * len(rows), ["<answer>0</answer>"] * len(rows), solution=[r["solution"] for r in rows])
