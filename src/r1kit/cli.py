@@ -78,8 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if "-h" in rest or "--help" in rest:
         first = f"{POSITIONAL[command].upper()} " if command in POSITIONAL else ""
+        footer = getattr(cls, "help_footer", None)  # e.g. the TRL keys a trainer does not take, and instead
         print(f"usage: r1kit {command} {first}[--config recipe.yaml] [--key value ...]\n\n{purpose}\n\noptions:\n"
-              f"{describe(cls)}")
+              f"{describe(cls)}" + (f"\n\n{footer()}" if footer else ""))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")

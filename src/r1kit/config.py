@@ -23,12 +23,25 @@ class ConfigError(ValueError):
     """A recipe or command-line option is wrong; the message names the key and the source."""
 
 
-def field(default: Any = dataclasses.MISSING, help: str = "", **kw) -> Any:  # noqa: A002
-    """`dataclasses.field` with a help text; mutable defaults are wrapped in a factory."""
+def field(default: Any = dataclasses.MISSING, help: str = "", *, group: str | None = None,  # noqa: A002
+          suggest: bool = True, meta: dict | None = None, **kw) -> Any:
+    """`dataclasses.field` with a help text; mutable defaults are wrapped in a factory.
+
+    `group`: the heading `--help` lists the option under (see `describe`); `suggest=False` keeps the
+    option out of "did you mean" suggestions (a key accepted only for another tool's recipes); `meta`:
+    more metadata for the code that reads the fields."""
+    metadata = {"help": help, **({"group": group} if group else {}), **({} if suggest else {"suggest": False}),
+                **(meta or {})}
     if isinstance(default, (list, dict)):
         value = default
-        return dataclasses.field(default_factory=lambda: type(value)(value), metadata={"help": help}, **kw)
-    return dataclasses.field(default=default, metadata={"help": help}, **kw)
+        return dataclasses.field(default_factory=lambda: type(value)(value), metadata=metadata, **kw)
+    return dataclasses.field(default=default, metadata=metadata, **kw)
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    """The type each field's value is coerced to: its annotation, or the class's `COERCE_AS[name]` (a class
+    may widen an inherited field's type, e.g. TRL's `save_steps` that may be a fraction)."""
+    return {**typing.get_type_hints(cls), **getattr(cls, "COERCE_AS", {})}
 
 
 def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
@@ -142,8 +155,9 @@ def close_keys(key: str, names: Sequence[str]) -> list[str]:
 
 
 def _unknown_key_error(key: str, cls: type, source: str) -> ConfigError:
-    close = close_keys(key, [f.name for f in dataclasses.fields(cls)])
-    hint = f" (did you mean {one_of([repr(c) for c in close])}?)" if close else ""
+    close = close_keys(key, [f.name for f in dataclasses.fields(cls) if f.metadata.get("suggest", True)])
+    instead = getattr(cls, "UNKNOWN_KEY_HINTS", {}).get(key)  # e.g. another tool's key: what to use here
+    hint = (f" ({instead})" if instead else "") + (f" (did you mean {one_of([repr(c) for c in close])}?)" if close else "")
     return ConfigError(f"{source}: unknown key '{key}' for {cls.__name__}{hint}")
 
 
@@ -170,7 +184,7 @@ def parse_overrides(args: list[str]) -> list[tuple[str, str]]:
 
 def from_dict(cls: type, data: dict, source: str = "config"):
     """Build `cls` from a mapping, coercing types; unknown keys are an error that names them."""
-    hints = typing.get_type_hints(cls)
+    hints = field_types(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
@@ -214,7 +228,7 @@ def load_config(cls: type, path: str | None = None, overrides: list[str] | None 
         source = str(path)
     else:
         source = "command line"
-    hints = typing.get_type_hints(cls)
+    hints = field_types(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     for key, value in parse_overrides(overrides or []):
         if key not in names:
@@ -248,11 +262,25 @@ def described(registry: Mapping[str, Any], more: Sequence[str] = ()) -> str:
 
 
 def describe(cls: type) -> str:
-    """One line per field: name, default and help text (for `--help`)."""
-    lines = []
-    for f in dataclasses.fields(cls):
+    """One line per field: name, default and help text (for `--help`).
+
+    A class with `HELP_GROUPS` (ordered (group, title) pairs) lists its fields under those titles, in that
+    order: a field's group is its `field(group=...)`, else `cls.help_group(name)`; fields of no listed group
+    come last, under "other options"."""
+    def line(f) -> str:
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)"
         )
-        lines.append(f"  --{f.name} (default: {default!r})\n      {f.metadata.get('help', '')}")
-    return "\n".join(lines)
+        return f"  --{f.name} (default: {default!r})\n      {f.metadata.get('help', '')}"
+
+    fields = dataclasses.fields(cls)
+    titles = dict(getattr(cls, "HELP_GROUPS", ()))
+    if not titles:
+        return "\n".join(line(f) for f in fields)
+    group_of = getattr(cls, "help_group", lambda name: None)
+    grouped: dict[str, list[str]] = {g: [] for g in [*titles, ""]}
+    for f in fields:
+        group = f.metadata.get("group") or group_of(f.name)
+        grouped[group if group in titles else ""].append(line(f))
+    return "\n\n".join(f"{titles.get(g, 'other options')}:\n" + "\n".join(lines)
+                       for g, lines in grouped.items() if lines)

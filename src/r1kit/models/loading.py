@@ -5,6 +5,7 @@ wrapped with LoRA, and save it back as a plain transformers folder.
 from __future__ import annotations
 
 import copy
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,9 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 LORA_DEFAULTS = {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"}
 _LORA_ALIASES = {"lora_alpha": "alpha", "lora_dropout": "dropout", "rank": "r"}
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
+FLASH_ATTENTION = ("flash_attention_2", "flash_attention_3")
+
+log = logging.getLogger("r1kit.models")
 
 
 class ModelLoadError(ValueError):
@@ -66,12 +70,15 @@ def _check_tokenizer_folder(folder: str) -> None:
         )
 
 
-def _load_tokenizer(name: str, gguf_file: str | None, is_local: bool, trust_remote_code: bool):
+def _load_tokenizer(name: str, gguf_file: str | None, is_local: bool, trust_remote_code: bool,
+                    revision: str | None = None):
     from transformers import AutoTokenizer
 
     if is_local and gguf_file is None:
         _check_tokenizer_folder(name)
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if revision is not None and not is_local:
+        kwargs["revision"] = revision
     if gguf_file is not None:
         kwargs["gguf_file"] = gguf_file
     try:
@@ -81,10 +88,15 @@ def _load_tokenizer(name: str, gguf_file: str | None, is_local: bool, trust_remo
         raise ModelLoadError(f"{where}: cannot load the tokenizer ({e})") from e
 
 
-def _load_model(name: str, gguf_file: str | None, dtype, trust_remote_code: bool):
+def _load_model(name: str, gguf_file: str | None, dtype, trust_remote_code: bool, revision: str | None = None,
+                attn_implementation: str | None = None, is_local: bool = True):
     from transformers import AutoModelForCausalLM
 
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust_remote_code}
+    if revision is not None and not is_local:
+        kwargs["revision"] = revision
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
     if gguf_file is not None:
         kwargs["gguf_file"] = gguf_file
     try:
@@ -173,6 +185,10 @@ def load_model_and_tokenizer(
     lora: dict | None = None,
     trust_remote_code: bool = False,
     gguf_file: str | None = None,
+    revision: str | None = None,
+    attn_implementation: str | None = None,
+    chat_template: str | None = None,
+    eos_token: str | None = None,
 ):
     """Load (model, tokenizer) for training.
 
@@ -181,29 +197,41 @@ def load_model_and_tokenizer(
     `r1kit:tiny` / `r1kit:tiny-chat` (a small random model built locally). The tokenizer pads on
     the left and uses EOS as pad token when it has none. With `lora` the model is wrapped in a peft
     `PeftModel` whose only trainable parameters are the LoRA ones.
+
+    TRL's model options: `revision` of a hub id (model and tokenizer; a local model has none: another value
+    than "main" warns); `attn_implementation` (flash_attention_2/3 without flash-attn or a CUDA `device`: a
+    warning, then sdpa); `chat_template` (Jinja) set on the tokenizer; `eos_token` (in the vocabulary) made the
+    tokenizer's EOS and the model's generation EOS.
     """
     torch_dtype = _torch_dtype(dtype)
+    attn_implementation = _attention(attn_implementation, device)
     name_or_path = shipped_model_path(name_or_path) or name_or_path
     if name_or_path.startswith(TINY_PREFIX):
         model, tokenizer = _load_tiny(name_or_path)
+        _no_revision(revision, name_or_path)
         if torch_dtype != "auto":
             model = model.to(torch_dtype)
+        if attn_implementation is not None:
+            model.set_attn_implementation(attn_implementation)
         if tokenizer_name_or_path is not None:
             tok_name, tok_gguf, tok_local = _resolve(tokenizer_name_or_path, None)
-            tokenizer = _load_tokenizer(tok_name, tok_gguf, tok_local, trust_remote_code)
+            tokenizer = _load_tokenizer(tok_name, tok_gguf, tok_local, trust_remote_code, revision)
     else:
         name, gguf, is_local = _resolve(name_or_path, gguf_file)
+        if is_local:
+            _no_revision(revision, name_or_path)
         if tokenizer_name_or_path is None:
-            tokenizer = _load_tokenizer(name, gguf, is_local, trust_remote_code)
+            tokenizer = _load_tokenizer(name, gguf, is_local, trust_remote_code, revision)
         else:
             tok_name, tok_gguf, tok_local = _resolve(tokenizer_name_or_path, None)
-            tokenizer = _load_tokenizer(tok_name, tok_gguf, tok_local, trust_remote_code)
-        model = _load_model(name, gguf, torch_dtype, trust_remote_code)
+            tokenizer = _load_tokenizer(tok_name, tok_gguf, tok_local, trust_remote_code, revision)
+        model = _load_model(name, gguf, torch_dtype, trust_remote_code, revision, attn_implementation, is_local)
     if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
         raise ModelLoadError(
             f"the tokenizer has {len(tokenizer)} tokens but the model's embedding only "
             f"{model.get_input_embeddings().weight.shape[0]}: they do not belong together"
         )
+    _tokenizer_options(model, tokenizer, chat_template, eos_token)
     _set_padding(model, tokenizer)
     model = model.to(device)
     if lora is not None:
@@ -211,6 +239,41 @@ def load_model_and_tokenizer(
 
         model = get_peft_model(model, lora_config(lora))
     return model, tokenizer
+
+
+def _attention(attn_implementation: str | None, device: str) -> str | None:
+    """The attention kernel to load with: flash-attention needs its package and a CUDA device, else sdpa."""
+    if attn_implementation not in FLASH_ATTENTION:
+        return attn_implementation
+    from transformers.utils import is_flash_attn_2_available, is_flash_attn_3_available
+
+    available = is_flash_attn_2_available() if attn_implementation == "flash_attention_2" else \
+        is_flash_attn_3_available()
+    if available and str(device).startswith("cuda"):
+        return attn_implementation
+    why = "needs a CUDA device" if available else "is not installed"
+    log.warning("attn_implementation: %s not used (flash-attn %s): loading with sdpa, the same attention "
+                "computed by PyTorch", attn_implementation, why, extra={"trl_keys": ("attn_implementation",)})
+    return "sdpa"
+
+
+def _no_revision(revision: str | None, name: str) -> None:
+    if revision not in (None, "main"):
+        log.warning("model_revision: %r not used: %s is not a hub id, so it has no revisions", revision, name,
+                    extra={"trl_keys": ("model_revision",)})
+
+
+def _tokenizer_options(model, tokenizer, chat_template: str | None, eos_token: str | None) -> None:
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
+    if eos_token is not None:
+        if eos_token not in tokenizer.get_vocab():
+            raise ModelLoadError(f"eos_token {eos_token!r} is not in the tokenizer's vocabulary; use one of its "
+                                 f"tokens (its EOS is {tokenizer.eos_token!r})")
+        tokenizer.eos_token = eos_token
+        gen = getattr(model, "generation_config", None)
+        if gen is not None:
+            gen.eos_token_id = tokenizer.eos_token_id
 
 
 def enable_activation_checkpointing(model) -> None:

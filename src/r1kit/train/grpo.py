@@ -55,7 +55,8 @@ def train(cfg: GRPOConfig, callback=None) -> Path:
 
     # ---- model, reference model, prompts, rewards, rollout engine, optimizer ---------------------
     model, tokenizer = load_model_and_tokenizer(cfg.model_name_or_path, dtype=cfg.dtype, device=str(run.device),
-                                                tokenizer_name_or_path=cfg.tokenizer_name_or_path, lora=cfg.lora())
+                                                tokenizer_name_or_path=cfg.tokenizer_name_or_path, lora=cfg.lora(),
+                                                **cfg.loader_options())  # TRL's model keys (trl_args.py)
     ref_model = reference_model(model) if cfg.beta > 0 else None  # copied before sharding
     model = run.prepare_model(model)
     prompts = load_prompts(cfg, tokenizer, cfg.dataset_train_split, cfg.max_prompt_length)

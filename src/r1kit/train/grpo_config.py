@@ -11,12 +11,13 @@ from r1kit.data.templates import is_template, template_choices, template_help
 from r1kit.rollout.base import ALIASES, ENGINES
 from r1kit.train.common_config import ModelArgs, TrainingArgs
 from r1kit.train.common_config import need as common_need
+from r1kit.train.trl_args import TRLGRPOArgs
 
 log = logging.getLogger("r1kit.grpo")
 
 
 @dataclass
-class GRPOConfig(TrainingArgs, ModelArgs):
+class GRPOConfig(TRLGRPOArgs, TrainingArgs, ModelArgs):
     # ---- data ----
     dataset_name: str = field("r1kit:arithmetic", help="Hub id, local folder, .jsonl/.parquet file, or r1kit:TASK.")
     dataset_config: str | None = field(None, help="Hub dataset configuration name.")
@@ -140,3 +141,4 @@ class GRPOConfig(TrainingArgs, ModelArgs):
         need(self.batch_size % self.num_generations == 0, "per_device_train_batch_size",
              f"x gradient_accumulation_steps ({self.batch_size}) must be a multiple of "
              f"num_generations ({self.num_generations}) so every group is whole")
+        self.apply_trl_keys()  # last: TRL/open-r1 keys onto r1kit's options, warnings (trl_args.py)

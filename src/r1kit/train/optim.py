@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 
@@ -13,11 +14,24 @@ log = logging.getLogger("r1kit.train")
 
 def make_optimizer(params, cfg, optimizer_steps: int):
     """AdamW over `params` and the LR schedule `cfg.lr_scheduler_type` over `optimizer_steps` updates
-    (`cfg` is any config with TrainingArgs' fields)."""
+    (`cfg` is any config with TrainingArgs' fields). TRL's keys, when the config has them: `optim`
+    adamw_torch_fused runs the fused AdamW when every parameter is on CUDA (config checks leave only AdamW
+    here); `lr_scheduler_kwargs` (a mapping, or its JSON text) are the schedule's own options."""
+    params = list(params)
+    fused = getattr(cfg, "optim", "adamw_torch") == "adamw_torch_fused" and bool(params) and all(
+        p.device.type == "cuda" for p in params)
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                  weight_decay=cfg.weight_decay)
-    scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_training_steps=optimizer_steps,
-                              num_warmup_steps=math.ceil(cfg.warmup_ratio * optimizer_steps))
+                                  weight_decay=cfg.weight_decay, **({"fused": True} if fused else {}))
+    options = getattr(cfg, "lr_scheduler_kwargs", None) or {}
+    if isinstance(options, str):
+        options = json.loads(options)
+    try:
+        scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_training_steps=optimizer_steps,
+                                  num_warmup_steps=math.ceil(cfg.warmup_ratio * optimizer_steps),
+                                  scheduler_specific_kwargs=dict(options))
+    except (TypeError, ValueError) as e:  # an option the schedule does not take, or one it needs
+        given = f" with lr_scheduler_kwargs {options}" if options else ""
+        raise ValueError(f"'lr_scheduler_type' {cfg.lr_scheduler_type!r}{given}: {e}") from e
     return optimizer, scheduler
 
 

@@ -42,7 +42,8 @@ def train(cfg: SFTConfig) -> Path:
 
     # ---- model, tokenizer, data -----------------------------------------------------------------
     model, tokenizer = load_model_and_tokenizer(cfg.model_name_or_path, dtype=cfg.dtype, device=str(run.device),
-                                                tokenizer_name_or_path=cfg.tokenizer_name_or_path, lora=cfg.lora())
+                                                tokenizer_name_or_path=cfg.tokenizer_name_or_path, lora=cfg.lora(),
+                                                **cfg.loader_options())  # TRL's model keys (trl_args.py)
     model = run.prepare_model(model)
     data = prepare_data(cfg, tokenizer)
     rows = data["rows"]  # each: a list of one example (or several, packed)

@@ -9,10 +9,11 @@ from r1kit.data.sft_data import SFT_TEMPLATES
 from r1kit.data.templates import is_template, template_choices, template_help
 from r1kit.train.common_config import ModelArgs, TrainingArgs
 from r1kit.train.common_config import need as common_need
+from r1kit.train.trl_args import TRLSFTArgs
 
 
 @dataclass
-class SFTConfig(TrainingArgs, ModelArgs):
+class SFTConfig(TRLSFTArgs, TrainingArgs, ModelArgs):
     # ---- data ----
     dataset_name: str = field("", help="A .jsonl/.json/.parquet file, a folder of them (or a save_to_disk folder), or a hub id.")
     dataset_config: str | None = field(None, help="Hub dataset configuration name.")
@@ -50,3 +51,4 @@ class SFTConfig(TrainingArgs, ModelArgs):
              f"must be {template_choices(extra=SFT_TEMPLATES, custom=True)}")
         need(self.max_length >= 2, "max_length", "must be >= 2")
         need(self.dataset_num_rows is None or self.dataset_num_rows >= 1, "dataset_num_rows", "must be >= 1")
+        self.apply_trl_keys()  # last: TRL/open-r1 keys onto r1kit's options, warnings (trl_args.py)

@@ -37,6 +37,7 @@ from r1kit.train.checkpoint import STATE_FILE, check_resume, find_checkpoint, lo
 from r1kit.train.optim import apply_update, make_optimizer
 from r1kit.train.sampler import PromptSampler
 from r1kit.train.tracking import Tracker, read_metrics
+from r1kit.train.trl_args import resolve_steps
 from r1kit.utils.dist import Runtime
 
 log = logging.getLogger("r1kit.train")
@@ -93,6 +94,7 @@ class TrainRun:
 
         `optimizer_steps` (default `total_steps`) is how many updates the schedule spans (GRPO: mu per step)."""
         cfg = self.cfg
+        resolve_steps(cfg, total_steps)  # TRL's save_steps fraction, epoch strategies, log_level (trl_args.py)
         self.tokenizer, self.total_steps, self.fingerprint = tokenizer, total_steps, fingerprint
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer, self.scheduler = make_optimizer(self.params, cfg, optimizer_steps or total_steps)
