@@ -81,9 +81,11 @@ ROWS = [
 
 
 def row_recipe(row, steps: int, out: str) -> dict:
+    """`steps` generation batches: max_steps counts optimizer updates (TRL's), num_iterations per batch."""
     workload, batch, micro, gc, extra, _ = row
     return dict(base_recipe(workload, out), **{"per_device_train_batch_size": micro,
-                "gradient_accumulation_steps": batch // micro, "gradient_checkpointing": gc, "max_steps": steps, **extra})
+                "gradient_accumulation_steps": batch // micro, "gradient_checkpointing": gc,
+                "max_steps": steps * extra.get("num_iterations", 1), **extra})
 
 
 def longest_prompt(recipe: dict) -> int:

@@ -42,7 +42,7 @@ def test_bad_values_named(tmp_path):
         load_config(GRPOConfig, None, ["--num_generations", "four"])
     with pytest.raises(ConfigError, match="'loss_type' must be one of"):
         load_config(GRPOConfig, None, ["--loss_type", "ppo"])
-    with pytest.raises(ConfigError, match="multiple of num_generations"):
+    with pytest.raises(ConfigError, match=r"'num_generations' \(4\) must divide the generation batch"):
         load_config(GRPOConfig, None, ["--per_device_train_batch_size", "6", "--num_generations", "4"])
     with pytest.raises(ConfigError, match="one weight per reward function"):
         load_config(GRPOConfig, None, ["--reward_weights", "[1.0]"])

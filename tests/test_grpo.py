@@ -120,8 +120,10 @@ def test_cli_recipe_and_errors(tmp_path, capsys):
     assert (tmp_path / "cli" / "metrics.jsonl").exists()
     assert cli_main(["grpo", "--config", str(recipe), "--num_generation", "4"]) == 2
     assert "unknown key 'num_generation'" in capsys.readouterr().err
-    assert cli_main(["grpo", "--config", str(recipe), "--max_prompt_length", "5"]) == 1
-    assert "over max_prompt_length=5" in capsys.readouterr().err
+    # an over-long prompt is cut from the left as in TRL (tests/test_trl_semantics.py); a batch of split
+    # groups is a config error naming the key
+    assert cli_main(["grpo", "--config", str(recipe), "--num_generations", "3"]) == 2
+    assert "'num_generations' (3) must divide the generation batch" in capsys.readouterr().err
     assert cli_main(["--help"]) == 0 and "grpo" in capsys.readouterr().out
 
 

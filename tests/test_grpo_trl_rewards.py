@@ -20,10 +20,10 @@ def digits_with_logging(completions, trainer_state, log_metric, log_extra, **kwa
 def test_trl_style_reward_sees_trl_steps_and_logs(tmp_path):
     SEEN.clear()
     out = train(GRPOConfig(model_name_or_path="r1kit:tiny", dataset_name="r1kit:arithmetic", dataset_num_rows=16,
-                           num_generations=4, per_device_train_batch_size=8, max_completion_length=8, max_steps=3,
+                           num_generations=4, per_device_train_batch_size=8, max_completion_length=8, max_steps=6,
                            num_iterations=2, reward_funcs=["test_grpo_trl_rewards:digits_with_logging"],
                            output_dir=str(tmp_path / "run"), save_steps=0, disable_tqdm=True))
-    # TRL's global_step counts optimizer updates: mu = 2 per generation batch
+    # steps are optimizer updates, as TRL's global_step: mu = 2 per generation batch, so 6 steps = 3 batches
     assert SEEN == [(0, 6), (2, 6), (4, 6)]
     rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
     assert all(0.0 <= r["digits/any"] <= 1.0 for r in rows)

@@ -45,7 +45,8 @@ def write_jsonl(path, rows):
 def test_loss_on_completion_tokens_only_hand_batch(tiny):
     model, tok = tiny
     # encode_row: prompt rendered with the GRPO template, completion + EOS, loss mask on the completion only
-    ex = encode_row({"prompt": "What is 2 + 3?", "completion": " <answer> 5 </answer>"}, tok, kind="prompt_completion")
+    ex = encode_row({"prompt": "What is 2 + 3?", "completion": " <answer> 5 </answer>"}, tok, kind="prompt_completion",
+                    template="r1_zero")
     p_ids = tok(render_prompt("What is 2 + 3?", tok, "r1_zero"), add_special_tokens=True).input_ids
     c_ids = tok(" <answer> 5 </answer>", add_special_tokens=False).input_ids + [tok.eos_token_id]
     assert ex.input_ids == p_ids + c_ids
@@ -78,7 +79,7 @@ def test_messages_loss_on_assistant_turns_only(tiny_chat):
     row = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
                         {"role": "assistant", "content": "4"}, {"role": "user", "content": "Sure?"},
                         {"role": "assistant", "content": "Yes, 4."}]}
-    ex = encode_row(row, tok, kind="messages")
+    ex = encode_row(row, tok, kind="messages", assistant_only_loss=True)
     on = tok.decode([t for t, m in zip(ex.input_ids, ex.loss_mask) if m])
     off = tok.decode([t for t, m in zip(ex.input_ids, ex.loss_mask) if not m])
     eos = tok.eos_token
@@ -86,8 +87,8 @@ def test_messages_loss_on_assistant_turns_only(tiny_chat):
     assert "Be brief." in off and "2+2?" in off and "Sure?" in off and "<|assistant|>" in off
     # the pieces concatenate to the template's own rendering of the whole conversation
     assert tok.decode(ex.input_ids) == tok.apply_chat_template(row["messages"], tokenize=False)
-    # completion_only_loss=false trains on every token (but the first, which nothing predicts)
-    assert sum(encode_row(row, tok, kind="messages", completion_only_loss=False).loss_mask) == len(ex.input_ids) - 1
+    # assistant_only_loss=false (TRL's default) trains on every token (but the first, which nothing predicts)
+    assert sum(encode_row(row, tok, kind="messages").loss_mask) == len(ex.input_ids) - 1
 
 
 def test_packing_keeps_per_token_losses(tiny):
@@ -190,7 +191,8 @@ def test_bad_rows_are_named(tmp_path, tiny, tiny_chat, capsys):
     with pytest.raises(DataError, match="no chat template"):
         build_examples(msgs, tok, "d", max_length=64)
     with pytest.raises(DataError, match="no non-empty assistant turn"):
-        build_examples([{"messages": [{"role": "user", "content": "hi"}]}], tiny_chat[1], "d", max_length=64)
+        build_examples([{"messages": [{"role": "user", "content": "hi"}]}], tiny_chat[1], "d", max_length=64,
+                       assistant_only_loss=True)
     with pytest.raises(DataError, match=r"'messages' column \(messages_column\), 'prompt' and 'completion' columns "
                                         r"\(prompt_column, completion_column\) or a 'text' column \(dataset_text_field\)"):
         build_examples([{"body": "x"}], tok, "d", max_length=64)
@@ -211,7 +213,10 @@ def test_recipes_load():
         # report_to's trackers must be installed to load a recipe (tests/test_rough_edges.py); here: known ones
         assert set(yaml.safe_load(path.read_text()).get("report_to", [])) <= set(KNOWN_TRACKERS)
         cfg = load_config(SFTConfig, str(path), ["--report_to", "none"])
-        assert cfg.completion_only_loss and cfg.dataset_name
+        # the loss stays where the recipe meant it: completions (prompt/completion data, TRL's default) or
+        # assistant turns (messages data: TRL trains on every token unless assistant_only_loss)
+        assert cfg.completion_only_loss in (True, None) and cfg.dataset_name
+        assert cfg.assistant_only_loss == ("distill" in path.name)
 
 
 def test_plain_template_joins_prompt_and_completion_like_words(tiny):
@@ -222,7 +227,8 @@ def test_plain_template_joins_prompt_and_completion_like_words(tiny):
     assert prompt_text.endswith("Assistant:")
     spaced = tok(" <think> 5 </think>", add_special_tokens=False).input_ids + [tok.eos_token_id]
     for completion in ("<think> 5 </think>", " <think> 5 </think>"):  # written data / sampled data
-        ex = encode_row({"prompt": "What is 2 + 3?", "completion": completion}, tok, kind="prompt_completion")
+        ex = encode_row({"prompt": "What is 2 + 3?", "completion": completion}, tok, kind="prompt_completion",
+                        template="r1_zero")
         assert [t for t, m in zip(ex.input_ids, ex.loss_mask) if m] == spaced
     # a prompt already ending in whitespace gets nothing added; nor does a chat-rendered prompt
     ex = encode_row({"prompt": "Q: 2 + 3 =\n", "completion": "5"}, tok, kind="prompt_completion", template="none")

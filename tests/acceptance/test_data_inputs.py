@@ -53,13 +53,16 @@ def test_bad_rows_are_named(tmp_path, capsys, bad_row, problem):
     assert not (out / "metrics.jsonl").exists()
 
 
-def test_over_long_prompt(tmp_path, capsys):
+def test_over_long_prompt(tmp_path, capsys, caplog):
+    """Not an error since TRL's semantics (tests/test_trl_semantics.py): the prompt keeps its last
+    max_prompt_length tokens, and one warning counts the rows cut."""
     long = {"prompt": "What is " + " + ".join(["1"] * 300) + "?", "solution": "200"}
     data = write_rows(tmp_path / "train.jsonl", [GOOD] * 3 + [long] * 2 + [GOOD] * 3)
-    rc, err, out = run_cli(tmp_path, capsys, dataset_name=str(data), max_prompt_length=300)
-    assert rc == 1
-    assert f"{data}: row 3: 'prompt' is" in err and "over max_prompt_length=300 (2 row(s) in all)" in err
-    assert not (out / "metrics.jsonl").exists()
+    with caplog.at_level("WARNING", logger="r1kit.grpo"):
+        rc, err, out = run_cli(tmp_path, capsys, dataset_name=str(data), max_prompt_length=300)
+    assert rc == 0 and len(read_metrics(out)) == 1
+    (msg,) = [r.getMessage() for r in caplog.records if "max_prompt_length" in r.getMessage()]
+    assert f"{data}: 2 of 8 prompts are longer than max_prompt_length=300 tokens" in msg and "first row 3" in msg
 
 
 def test_dataset_smaller_than_one_batch(tmp_path, capsys):

@@ -1,17 +1,21 @@
 """Supervised fine-tuning data: `messages`, `prompt`/`completion` or `text` rows -> token ids + loss masks.
 
-Three row shapes (the first that the columns allow):
-- `messages`: a chat conversation; rendered with the tokenizer's chat template, loss on the
-  assistant turns (each turn's text as the template writes it after the generation prompt, end-of-turn
-  marker included). Each piece is tokenized on its own, so an assistant turn is tokenized exactly as
-  the model would generate it after the rendered conversation so far.
-- `prompt`/`completion`: a string prompt goes through `template` (r1_zero, chat, none, or a custom
-  string with `{prompt}`), as in GRPO; a conversation prompt needs the chat template. A string
-  completion gets EOS appended (and, after a plain-text template, one joining space when neither side
-  has whitespace at the seam: "Assistant:" + "<think>…" trains " <think>…", see `_joins_words`); a completion given as assistant messages is rendered by the chat
-  template (whose end-of-turn marker ends it).
+Three row shapes (the first that the columns allow), with TRL's SFTTrainer defaults for what is trained on:
+- `messages`: a chat conversation, rendered with the tokenizer's chat template; loss on every token, or
+  (`assistant_only_loss`) on the assistant turns only (each turn's text as the template writes it after the
+  generation prompt, end-of-turn marker included). Each piece is tokenized on its own, so an assistant turn
+  is tokenized exactly as the model would generate it after the rendered conversation so far.
+- `prompt`/`completion`: loss on the completion only (`completion_only_loss`, whose default None means
+  true for these rows, as in TRL), or on every token (false). A string prompt is used as is (template
+  `none`, TRL's behaviour) or goes through `template` (r1_zero, chat, or a custom string with `{prompt}`),
+  as in GRPO; a conversation prompt needs the chat template. A string completion gets EOS appended (and,
+  after a plain-text prompt, one joining space when neither side has whitespace at the seam: "Assistant:" +
+  "<think>…" trains " <think>…", see `_joins_words`); a completion given as assistant messages is rendered
+  by the chat template (whose end-of-turn marker ends it). `assistant_only_loss` also applies when the
+  prompt or the completion is a conversation.
 - `text` (`dataset_text_field`): TRL's language-modeling rows: the text, tokenized with the tokenizer's
-  special tokens and EOS appended (unless it ends with it), is trained on all its tokens.
+  special tokens and EOS appended (unless it ends with it), is trained on all its tokens
+  (`completion_only_loss` does not apply, as in TRL; `assistant_only_loss` is an error).
 Every row is checked before training: a bad row fails with its source, row (and file line) and field.
 """
 
@@ -109,12 +113,14 @@ def _messages_problem(messages, field: str) -> str | None:
     return None
 
 
-def chat_segments(messages: list[dict], tokenizer) -> list[tuple[str, bool]]:
-    """The rendered conversation as (text, is_assistant_turn) pieces, in order.
+def chat_segments(messages: list[dict], tokenizer) -> list[tuple[str, bool, int]]:
+    """The rendered conversation as (text, is_assistant_turn, message index) pieces, in order.
 
     An assistant turn is what the template adds between "conversation so far + generation prompt"
-    and "conversation including this turn". Raises ValueError if the template does not render the
-    conversation prefix-consistently (e.g. it rewrites earlier turns, as some reasoning templates do).
+    and "conversation including this turn"; the piece before it (the messages since the last assistant
+    turn and the generation prompt) carries that turn's index too, the text after the last turn
+    `len(messages)`. Raises ValueError if the template does not render the conversation
+    prefix-consistently (e.g. it rewrites earlier turns, as some reasoning templates do).
     """
     segments, done = [], ""
     for j, m in enumerate(messages):
@@ -125,12 +131,12 @@ def chat_segments(messages: list[dict], tokenizer) -> list[tuple[str, bool]]:
         if not before.startswith(done) or not after.startswith(before):
             raise ValueError(f"the chat template does not render assistant turn {j} as a continuation of the "
                              f"conversation before it; use prompt/completion rows for this model")
-        segments += [(before[len(done):], False), (after[len(before):], True)]
+        segments += [(before[len(done):], False, j), (after[len(before):], True, j)]
         done = after
     full = _chat(tokenizer, messages, False)
     if full.startswith(done) and len(full) > len(done):
-        segments.append((full[len(done):], False))
-    return [(t, a) for t, a in segments if t]
+        segments.append((full[len(done):], False, len(messages)))
+    return [(t, a, j) for t, a, j in segments if t]
 
 
 def _ids(tokenizer, text: str, special: bool) -> list[int]:
@@ -154,36 +160,54 @@ def _with_eos(ids: list[int], text: str, tokenizer) -> list[int]:
     return ids + [tokenizer.eos_token_id]
 
 
-def encode_row(row: dict, tokenizer, *, kind: str, template: str = "r1_zero", system_prompt: str | None = None,
+def _chat_pieces(messages: list[dict], tokenizer, first_trained: int = 0) -> list[tuple[list[int], bool, bool]]:
+    """(token ids, is_assistant, in_completion) pieces of a rendered conversation whose completion starts
+    with message `first_trained`: everything after the prompt's rendering with the generation prompt."""
+    return [(_ids(tokenizer, t, False), a, j > first_trained or (j == first_trained and a))
+            for t, a, j in chat_segments(messages, tokenizer)]
+
+
+def encode_row(row: dict, tokenizer, *, kind: str, template: str = "none", system_prompt: str | None = None,
                messages_column: str = "messages", prompt_column: str = "prompt",
-               completion_column: str = "completion", completion_only_loss: bool = True,
-               dataset_text_field: str = "text") -> Example:
-    """Token ids and loss mask of one row; ValueError/DataError with the field named if it is unusable."""
+               completion_column: str = "completion", completion_only_loss: bool | None = None,
+               assistant_only_loss: bool = False, dataset_text_field: str = "text") -> Example:
+    """Token ids and loss mask of one row; ValueError/DataError with the field named if it is unusable.
+
+    The loss mask follows TRL's SFTTrainer: `completion_only_loss` (None: true) keeps prompt/completion rows'
+    loss on the completion; `assistant_only_loss` keeps it on assistant turns (conversations only)."""
     if kind == "text":
+        if assistant_only_loss:
+            raise DataError(f"assistant_only_loss is true but the rows are plain text ({dataset_text_field!r}); "
+                            f"it needs conversations (as in TRL): set assistant_only_loss: false")
         text = row.get(dataset_text_field)
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"{dataset_text_field!r} is {'empty' if isinstance(text, str) else type_name(text)}, "
                              "expected a non-empty string")
         ids = _with_eos(_ids(tokenizer, text, True), text, tokenizer)
         return Example(ids, [0] + [1] * (len(ids) - 1))  # every token but the first is a target
+    completion_only = kind == "prompt_completion" and completion_only_loss is not False
     if kind == "messages":
         messages = row.get(messages_column)
         problem = _messages_problem(messages, messages_column)
         if problem:
             raise ValueError(problem)
-        if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
-            raise ValueError(f"{messages_column!r} has no non-empty assistant turn to train on")
+        if assistant_only_loss and not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
+            raise ValueError(f"{messages_column!r} has no non-empty assistant turn to train on (assistant_only_loss)")
         _need_chat_template(tokenizer, "'messages' data")
         messages = plain_messages(messages)
         if system_prompt is not None and messages[0]["role"] != "system":
             messages = [{"role": "system", "content": system_prompt}] + messages
-        pieces = [(_ids(tokenizer, t, False), a) for t, a in chat_segments(messages, tokenizer)]
+        pieces = _chat_pieces(messages, tokenizer)
     else:
         prompt, completion = row.get(prompt_column), row.get(completion_column)
         if completion is None:
             raise ValueError(f"no {completion_column!r}")
         if isinstance(prompt, str) and not prompt.strip() or prompt is None:
             raise ValueError(f"{prompt_column!r} is missing or empty")
+        if assistant_only_loss and isinstance(prompt, str) and isinstance(completion, str):
+            raise DataError("assistant_only_loss is true but the prompt/completion rows are strings; it needs "
+                            "conversations (as in TRL): set assistant_only_loss: false (completion_only_loss "
+                            "keeps the loss on the completion)")
         if isinstance(completion, str):
             if not completion.strip():
                 raise ValueError(f"{completion_column!r} is empty")
@@ -199,7 +223,7 @@ def encode_row(row: dict, tokenizer, *, kind: str, template: str = "r1_zero", sy
             if plain and _joins_words(prompt_text, completion):
                 completion = " " + completion  # see _joins_words
             ids = _with_eos(_ids(tokenizer, completion, False), completion, tokenizer)
-            pieces = [(_ids(tokenizer, prompt_text, template != "chat"), False), (ids, True)]
+            pieces = [(_ids(tokenizer, prompt_text, template != "chat"), False, False), (ids, True, True)]
         else:
             problem = _messages_problem(completion, completion_column)
             if problem:
@@ -210,10 +234,12 @@ def encode_row(row: dict, tokenizer, *, kind: str, template: str = "r1_zero", sy
             convo = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else plain_messages(prompt)
             if system_prompt is not None and convo[0]["role"] != "system":
                 convo = [{"role": "system", "content": system_prompt}] + convo
-            pieces = [(_ids(tokenizer, t, False), a)
-                      for t, a in chat_segments(convo + plain_messages(completion), tokenizer)]
-    input_ids = [t for ids, _ in pieces for t in ids]
-    mask = [int(a or not completion_only_loss) for ids, a in pieces for _ in ids]
+            completion = plain_messages(completion)
+            first = next((i for i, m in enumerate(completion) if m["role"] == "assistant"), 0)
+            pieces = _chat_pieces(convo + completion, tokenizer, first_trained=len(convo) + first)
+    input_ids = [t for ids, _, _ in pieces for t in ids]
+    mask = [int((in_completion or not completion_only) and (assistant or not assistant_only_loss))
+            for ids, assistant, in_completion in pieces for _ in ids]
     mask[0] = 0  # the first token has nothing before it to be predicted from
     return Example(input_ids, mask)
 
@@ -245,7 +271,7 @@ def build_examples(rows: list[dict], tokenizer, source: str, lines: list[int] | 
                                      f"(raise max_length, or set truncate: true to cut it)")
                 ex = Example(ex.input_ids[:max_length], ex.loss_mask[:max_length])
                 if not any(ex.loss_mask):
-                    raise ValueError(f"no completion token left within max_length={max_length} after truncation")
+                    raise ValueError(f"no loss token left within max_length={max_length} after truncation")
             examples.append(ex)
         except DataError:
             raise

@@ -1,13 +1,16 @@
 """The GRPO loop of DeepSeek-R1 (arXiv 2501.12948, §2.2), readable top to bottom.
 
-Each step: sample prompts -> G completions each (rollout engine) -> rule-based rewards ->
-group-relative advantages -> old/reference log-probs -> mu passes of micro-batches with gradient
-accumulation -> clip -> AdamW + schedule -> engine weight sync -> metrics -> checkpoint.
-All math lives in `r1kit.algo`, generation in `r1kit.rollout`, rewards in `r1kit.rewards`, the set-up
-every trainer shares (runtime, optimizer, resume, tracking, checkpoints) in `r1kit.train.skeleton`.
+Each generation batch: sample prompts -> G completions each (rollout engine) -> rule-based rewards ->
+group-relative advantages -> old/reference log-probs; then its optimizer updates, each: micro-batches with
+gradient accumulation -> clip -> AdamW + schedule -> metrics -> checkpoint; after its last update, the engine
+weight sync. All math lives in `r1kit.algo`, generation in `r1kit.rollout`, rewards in `r1kit.rewards`, the
+set-up every trainer shares (runtime, optimizer, resume, tracking, checkpoints) in `r1kit.train.skeleton`.
 
-One *step* is one generation batch (`per_device_train_batch_size x gradient_accumulation_steps`
-completions per device); with `num_iterations` (mu) > 1 it makes mu optimizer updates.
+A *step* is one optimizer update, as in TRL (`max_steps`, `save_steps`, `logging_steps`, metrics.jsonl's
+`step`). A generation batch holds `per_device_train_batch_size x steps_per_generation` completions per
+device (default steps_per_generation = gradient_accumulation_steps) and makes `num_iterations x
+steps_per_generation / gradient_accumulation_steps` updates (`r1kit.train.trl_semantics.GenerationPlan`).
+A checkpoint written between two updates of one generation batch carries that batch, so a resume is exact.
 """
 
 from __future__ import annotations
@@ -16,13 +19,13 @@ import copy
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from r1kit.algo import (group_advantages, loss_normalizer, masked_mean, policy_loss, sampler_correction_stats,
-                        sampler_correction_weights, sampler_drift)
+                        sampler_correction_weights, sampler_drift, zero_std_groups)
 from r1kit.data.datasets import DataError
 from r1kit.diagnose.plan import preflight
 from r1kit.models.loading import load_model_and_tokenizer
@@ -33,9 +36,12 @@ from r1kit.rollout.base import ALIASES
 from r1kit.sandbox import sandbox_policy
 from r1kit.train.ahead import Ahead, CopyingEngine, RolloutCopy
 from r1kit.train.batch import Batch, batched_logps, collate, completion_logps
+from r1kit.train.checkpoint import CheckpointError
 from r1kit.train.grpo_config import GRPOConfig
-from r1kit.train.rollouts import PromptSet, Rewarder, Rollouts, generate_rollouts, load_prompts
+from r1kit.train.rollouts import (PromptSet, Rewarder, Rollouts, generate_group_slice, generate_rollouts,
+                                  load_prompts)
 from r1kit.train.skeleton import TrainRun
+from r1kit.train.trl_semantics import GenerationPlan, generation_plan
 
 log = logging.getLogger("r1kit.grpo")
 
@@ -47,10 +53,12 @@ ALSO_RESUMABLE = frozenset({"log_completions", "reward_timeout_s", "max_reward_f
 def train(cfg: GRPOConfig, callback=None) -> Path:
     """Run GRPO as `cfg` says; returns the output folder holding the final model.
 
-    `callback(step, model, engine)`, when given, runs after each step's update and weight sync; a
-    dict it returns joins that step's metrics (the demo logs held-out accuracy this way).
+    `callback(step, model, engine)`, when given, runs after each engine weight sync (the last update of each
+    generation batch, and the run's last update); a dict it returns joins that step's metrics (the demo logs
+    held-out accuracy this way).
     """
     run = TrainRun(cfg, "grpo", also_resumable=ALSO_RESUMABLE)
+    plan = generation_plan(cfg, run.rt.world_size)  # TRL's batch checks, with the launch's processes
     check_fits(cfg, run.rt.world_size)  # `r1kit plan`'s estimate: stop now, with what to change, if it cannot fit
 
     # ---- model, reference model, prompts, rewards, rollout engine, optimizer ---------------------
@@ -63,50 +71,63 @@ def train(cfg: GRPOConfig, callback=None) -> Path:
     rewarder = Rewarder(list(cfg.reward_funcs), cfg.reward_weights or [1.0] * len(cfg.reward_funcs),
                         cfg.reward_timeout_s)
     isolation = sandbox_check(rewarder.funcs, cfg.allow_unsandboxed)
-    prompts_per_step = cfg.batch_size // cfg.num_generations
-    if len(prompts) < prompts_per_step * run.rt.world_size:
-        raise DataError(f"{cfg.dataset_name}: {len(prompts)} prompts, fewer than one batch "
-                        f"({prompts_per_step} prompts x {run.rt.world_size} process(es))")
+    if len(prompts) < plan.prompts_per_generation:
+        world = run.rt.world_size
+        share = (f"{plan.prompts_per_generation} prompts shared by {world} processes" if plan.groups_span_processes
+                 else f"{plan.prompts_per_process} prompts x {world} process(es)")
+        raise DataError(f"{cfg.dataset_name}: {len(prompts)} prompts, fewer than one batch ({share})")
     engine = rollout_engine(cfg, run.full_model(), tokenizer)
     sampling = SamplingParams(n=cfg.num_generations, max_new_tokens=cfg.max_completion_length,
                               temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
                               stop=tuple(cfg.stop_strings or ()))
-    total_steps = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(
-        cfg.num_train_epochs * len(prompts) / (prompts_per_step * run.rt.world_size)))
+    total_steps = plan.total_steps(cfg.max_steps, cfg.num_train_epochs, len(prompts))  # optimizer updates
     run.start(tokenizer, num_rows=len(prompts), total_steps=total_steps, fingerprint=prompts.fingerprint,
-              data="dataset (or its template)", optimizer_steps=total_steps * cfg.num_iterations)
+              data="dataset (or its template)", shared_order=plan.groups_span_processes)
     if cfg.resume_from_checkpoint and (error := sync_engine(run, engine)) is not None:
         raise RolloutError(f"resuming: the checkpoint's weights could not be sent to the rollout engine: {error}")
     correct = corrects_sampler(cfg)
-    source = Ahead(lambda step, sampler, params: generate_step(run, engine, params, prompts, rewarder, prompts_per_step,
-                                                               step, sampler),
-                   sampling, prompts_per_step, total_steps, ahead=cfg.async_generation)
+    per_gen = plan.updates_per_generation
+    source = Ahead(lambda index, sampler, params: generate_batch(run, engine, params, prompts, rewarder, plan, index,
+                                                                 sampler),
+                   sampling, plan.prompts_per_process, math.ceil(total_steps / per_gen), ahead=cfg.async_generation)
 
+    current: GenerationBatch | None = None
     with sandbox_policy(allow_unsandboxed=cfg.allow_unsandboxed):  # the code reward's opt-out, for this run only
         try:
             for step in run.steps():
                 t_step = time.perf_counter()
-                roll, gen = sample_and_score(run, source, step)  # 1-3 (async: made while the last step trained)
-                advantages = compute_advantages(run, roll, cfg).to(run.device)  # 4. [B]
-                batch = make_batch(roll, tokenizer.pad_token_id, cfg).to(run.device)  # 5.
-                old_logps, ref_logps = old_and_reference_logps(model, ref_model, batch, cfg)
+                index, update = divmod(step - 1, per_gen)  # generation batch (from 0), update within it
+                if current is None or current.index != index + 1:  # 1-5 (async: made while the last batch trained)
+                    current = (resumed_generation(run, index + 1, step) if update else
+                               new_generation(run, source, plan, index + 1, step, model, ref_model,
+                                              tokenizer.pad_token_id, prompts, isolation, correct))
+                rows = plan.update_rows(update)
                 t_train = time.perf_counter()
-                stats = policy_update(run, model, batch, advantages, old_logps, ref_logps, step, correct)  # 6.
-                drift = sampler_drift_metrics(run.rt, batch, old_logps if old_logps is not None else stats.pass0_logps)
+                stats = policy_update(run, model, current.batch.select(rows), current.advantages[rows],  # 6.
+                                      _rows(current.old_logps, rows), _rows(current.ref_logps, rows), step, correct,
+                                      track_correction=per_gen == 1)
+                drift = ({} if current.old_logps is not None else
+                         sampler_drift_metrics(run.rt, current.batch, stats.pass0_logps))
+                last = update == per_gen - 1 or step == run.total_steps  # the engine gets the new weights
                 t_wait = time.perf_counter()
-                source.settle()  # async: the next batch's generation (with the old weights) must end first
-                timings = {"generate": gen.seconds, "train": t_wait - t_train,
+                if last:
+                    source.settle()  # async: the next batch's generation (with the old weights) must end first
+                timings = {"generate": current.seconds, "train": t_wait - t_train,
                            "wait_generation": time.perf_counter() - t_wait}
-                sync_error = sync_engine(run, engine)  # 7. the engine samples from the new policy next step
-                metrics = (step_metrics(run, roll, advantages, gen, stats, timings, isolation, t_step) | drift
-                           | stats.correction_metrics(run.rt))  # 8.
-                if callback is not None and sync_error is None:
+                current.seconds = 0.0  # the batch's generation time counts in its first update
+                sync_error = sync_engine(run, engine) if last else None  # 7. the engine samples from the new policy
+                trained = current.batch.select(rows).completion_tokens.sum().item()
+                metrics = update_metrics(run, current, stats, timings, trained, t_step) | drift \
+                    | stats.correction_metrics(run.rt)  # 8.
+                if callback is not None and last and sync_error is None:
                     metrics.update(callback(step, run.full_model(), engine) or {})
-                rows = gather_completion_rows(run, roll, advantages, prompts) if cfg.log_completions else None
-                if rows is not None:
-                    run.tracker.log_completions(step, rows)
+                completions, current.completions = current.completions, None  # logged with the batch's first update
+                if completions is not None:
+                    run.tracker.log_completions(step, completions)
+                run.in_flight = current.in_flight if update < per_gen - 1 else None  # what a resume here needs
                 run.end_step(step, metrics, {"reward": f"{metrics.get('reward', math.nan):.3f}",
-                                             "len": f"{metrics['completions/mean_length']:.0f}"}, completions=rows)
+                                             "len": f"{metrics['completions/mean_length']:.0f}"},
+                             completions=completions)
                 if sync_error is not None:  # this step is trained and recorded: keep it, then stop
                     raise RolloutError(f"step {step}: sending the new weights to the rollout engine failed: "
                                        f"{sync_error}. {run.checkpoint_last_completed(step + 1)}; resume with "
@@ -121,42 +142,127 @@ def train(cfg: GRPOConfig, callback=None) -> Path:
 
 @dataclass
 class Generation:
-    """How a step's rollouts were made: zero-std groups in the first round, extra dynamic-sampling rounds,
-    generation + scoring time, and how many weight syncs old the sampling weights were (async: 1)."""
+    """How a batch's rollouts were made: zero-std groups in the first round (None: groups span processes, so
+    it is counted over all of them afterwards), extra dynamic-sampling rounds, generation + scoring time, and
+    how many weight syncs old the sampling weights were (async: 1)."""
 
-    frac_zero_std: float
+    frac_zero_std: float | None
     rounds: int
     seconds: float
     staleness: int = 0
 
 
-def generate_step(run: TrainRun, engine, sampling: SamplingParams, prompts: PromptSet, rewarder: Rewarder,
-                  num_prompts: int, step: int, sampler) -> tuple[Rollouts, Generation]:
-    """Steps 1-3: `num_prompts` prompts of `sampler`, G completions each, rewards. Runs in the background
-    thread with async_generation, so it only generates and scores: failures are handled by the caller."""
+@dataclass
+class GenerationBatch:
+    """One generation batch, ready for its optimizer updates: this process's completions as tensors, their
+    advantages, old and reference log-probs, and its metrics (`head`: the rollouts' statistics, logged first in
+    every row of its updates; `tail`: counters and how it was made; `sampler`: the engine's drift, when the old
+    log-probs were computed). `completions` are the rows to log, until its first update logs them."""
+
+    index: int  # from 1
+    batch: Batch
+    advantages: torch.Tensor  # [B]
+    old_logps: torch.Tensor | None  # [B, T] (several updates per batch: the policy that sampled)
+    ref_logps: torch.Tensor | None  # [B, T] (beta > 0)
+    head: dict
+    tail: dict
+    sampler: dict
+    seconds: float  # generation + scoring time, until its first update logs it
+    completions: list[dict] | None = field(default=None, repr=False)
+
+    _TENSORS = ("input_ids", "attention_mask", "position_ids", "completion_mask", "sampler_logps")
+
+    def in_flight(self) -> dict:
+        """Everything its remaining updates need, as plain data and CPU tensors (a checkpoint's in_flight)."""
+        cpu = {k: None if getattr(self.batch, k) is None else getattr(self.batch, k).cpu() for k in self._TENSORS}
+        return {"index": self.index, "batch": cpu, "prompt_len": self.batch.prompt_len,
+                "advantages": self.advantages.cpu(), "seconds": self.seconds,
+                **{k: None if getattr(self, k) is None else getattr(self, k).cpu() for k in ("old_logps", "ref_logps")},
+                **{k: {m: _plain(v) for m, v in getattr(self, k).items()} for k in ("head", "tail", "sampler")}}
+
+    @classmethod
+    def from_in_flight(cls, saved: dict, device) -> "GenerationBatch":
+        on = {k: None if v is None else v.to(device) for k, v in saved["batch"].items()}
+        batch = Batch(on["input_ids"], on["attention_mask"], on["position_ids"], on["completion_mask"],
+                      saved["prompt_len"], on["sampler_logps"])
+        return cls(saved["index"], batch, saved["advantages"].to(device),
+                   *(None if saved[k] is None else saved[k].to(device) for k in ("old_logps", "ref_logps")),
+                   saved["head"], saved["tail"], saved["sampler"], saved["seconds"])
+
+
+def _plain(value):
+    """A metric value as plain Python (a checkpoint loads with weights_only=True)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return value.item() if hasattr(value, "item") else str(value)
+
+
+def _rows(t: torch.Tensor | None, rows: slice) -> torch.Tensor | None:
+    return None if t is None else t[rows]
+
+
+def new_generation(run: TrainRun, source: Ahead, plan: GenerationPlan, index: int, step: int, model, ref_model,
+                   pad_id: int, prompts: PromptSet, isolation: str | None, correct: bool) -> GenerationBatch:
+    """Steps 1-5 for generation batch `index`, whose first update is `step`: its scored rollouts, advantages,
+    tensors, old/reference log-probs and metrics."""
     cfg, rt = run.cfg, run.rt
-    sampling.seed = cfg.seed * 1_000_003 + step * rt.world_size + rt.rank  # resume-exact sampling
+    run.in_flight = None  # a checkpoint written now (a failure below) holds the completed updates only
+    roll, gen = sample_and_score(run, source, index, step)  # 1-3
+    if gen.frac_zero_std is None:  # groups span processes: count them over everyone's rewards
+        gen.frac_zero_std = zero_std_groups(rt.gather(roll.rewards.total), cfg.num_generations).float().mean().item()
+    advantages = compute_advantages(run, roll, cfg).to(run.device)  # 4. [B]
+    batch = make_batch(roll, pad_id, cfg).to(run.device)  # 5.
+    old_logps, ref_logps = old_and_reference_logps(model, ref_model, batch, cfg, plan.updates_per_generation > 1)
+    head, tail = generation_metrics(run, roll, advantages, gen, isolation)
+    sampler = {}
+    if old_logps is not None:  # several updates: the engine's drift and the correction, once per batch
+        sampler = sampler_drift_metrics(rt, batch, old_logps) | (batch_correction_metrics(run, batch, old_logps)
+                                                                  if correct else {})
+    rows = gather_completion_rows(run, roll, advantages, prompts) if cfg.log_completions else None
+    return GenerationBatch(index, batch, advantages, old_logps, ref_logps, head, tail, sampler, gen.seconds, rows)
+
+
+def resumed_generation(run: TrainRun, index: int, step: int) -> GenerationBatch:
+    """Generation batch `index`, part-trained when the checkpoint the run resumed from was written."""
+    saved = run.resumed_in_flight()
+    if saved is None or saved["index"] != index:
+        raise CheckpointError(f"{run.resumed_from}: step {step - 1} ends inside generation batch {index}, but the "
+                              f"checkpoint holds no such batch; resume from a checkpoint written by this r1kit")
+    return GenerationBatch.from_in_flight(saved, run.device)
+
+
+def generate_batch(run: TrainRun, engine, sampling: SamplingParams, prompts: PromptSet, rewarder: Rewarder,
+                   plan: GenerationPlan, index: int, sampler) -> tuple[Rollouts, Generation]:
+    """Steps 1-3 for generation batch `index`: this process's prompts of `sampler`, G completions each (or its
+    slice of groups shared with other processes), rewards. Runs in the background thread with
+    async_generation, so it only generates and scores: failures are handled by the caller."""
+    cfg, rt = run.cfg, run.rt
+    sampling.seed = cfg.seed * 1_000_003 + index * rt.world_size + rt.rank  # resume-exact sampling
     rewarder.trainer_state = TrainerState(  # what TRL passes reward functions, in TRL's units (optimizer updates)
-        global_step=(step - 1) * cfg.num_iterations, max_steps=run.total_steps * cfg.num_iterations,
-        epoch=(step - 1) * num_prompts * rt.world_size / len(prompts), num_train_epochs=cfg.num_train_epochs,
+        global_step=(index - 1) * plan.updates_per_generation, max_steps=run.total_steps,
+        epoch=(index - 1) * plan.prompts_per_generation / len(prompts), num_train_epochs=cfg.num_train_epochs,
         num_input_tokens_seen=run.state.num_tokens, is_world_process_zero=rt.is_main,
         is_local_process_zero=rt.local_rank == 0)
     t0 = time.perf_counter()
-    roll, frac_zero_std, rounds = generate_rollouts(engine, sampling, sampler, num_prompts, prompts, rewarder,
-                                                    cfg.dynamic_sampling, cfg.max_resample_rounds)
+    if plan.groups_span_processes:
+        roll = generate_group_slice(engine, sampling, sampler, plan.prompts_per_process, prompts, rewarder, rt.rank,
+                                    plan.local_batch_size)
+        return roll, Generation(None, 0, time.perf_counter() - t0)
+    roll, frac_zero_std, rounds = generate_rollouts(engine, sampling, sampler, plan.prompts_per_process, prompts,
+                                                    rewarder, cfg.dynamic_sampling, cfg.max_resample_rounds)
     return roll, Generation(frac_zero_std, rounds, time.perf_counter() - t0)
 
 
-def sample_and_score(run: TrainRun, source: Ahead, step: int) -> tuple[Rollouts, Generation]:
-    """Steps 1-3, this step's scored rollouts (`generate_step`, now or made ahead). A failing engine or reward
-    functions that lose too many rows stop the run after checkpointing the last completed step."""
-    cfg = run.cfg
+def sample_and_score(run: TrainRun, source: Ahead, index: int, step: int) -> tuple[Rollouts, Generation]:
+    """Steps 1-3, generation batch `index`'s scored rollouts (`generate_batch`, now or made ahead). A failing
+    engine or reward functions that lose too many rows stop the run after checkpointing the last completed step
+    (`step` - 1, the previous batch's last update)."""
     try:
-        roll, gen, staleness = source.get(step, run.sampler)
+        roll, gen, staleness = source.get(index, run.sampler)
     except RolloutError as e:  # e.g. a vLLM server that stalls or died: keep what was trained, then stop
         raise RolloutError(f"step {step}: the rollout engine failed: {e}. {run.checkpoint_last_completed(step)}; "
                            f"resume with resume_from_checkpoint=true once the engine works") from e
-    check_reward_failures(run, roll.rewards.errors, cfg.batch_size * (gen.rounds + 1), step)
+    check_reward_failures(run, roll.rewards.errors, len(roll.completions) * (gen.rounds + 1), step)
     gen.staleness = staleness
     return roll, gen
 
@@ -188,11 +294,12 @@ def make_batch(roll: Rollouts, pad_id: int, cfg: GRPOConfig) -> Batch:
                    [c.logprobs for c in comps] if reported else None)
 
 
-def old_and_reference_logps(model, ref_model, batch: Batch, cfg: GRPOConfig):
-    """Step 5: log-probs of the sampling policy (only needed when mu > 1; with mu = 1 the ratio is 1)
-    and of the reference model (only when beta > 0). Each [B, T] or None."""
+def old_and_reference_logps(model, ref_model, batch: Batch, cfg: GRPOConfig, need_old: bool):
+    """Step 5: log-probs of the sampling policy (`need_old`: the batch makes several updates, so all but the
+    first see a changed policy; with one the ratio is 1) and of the reference model (only when beta > 0).
+    Each [B, T] or None."""
     mbs = cfg.per_device_train_batch_size
-    old = batched_logps(model, batch, mbs, cfg.temperature) if cfg.num_iterations > 1 else None
+    old = batched_logps(model, batch, mbs, cfg.temperature) if need_old else None
     if cfg.beta == 0:
         return old, None
     if ref_model is not None:
@@ -203,14 +310,14 @@ def old_and_reference_logps(model, ref_model, batch: Batch, cfg: GRPOConfig):
 
 @dataclass
 class LossStats:
-    """The loss statistics of one step: token-weighted sums over every micro-batch and pass."""
+    """The loss statistics of one optimizer update: token-weighted sums over its micro-batches."""
 
     sums: dict[str, float]  # statistic -> sum over micro-batches of (value x loss tokens)
-    tokens: float = 0.0  # loss tokens summed over micro-batches and passes (this rank)
-    loss: float = 0.0  # mean over the mu passes of the summed micro-batch losses (this rank)
-    grad_norm: float = 0.0  # of the last update, before clipping
-    pass0_logps: torch.Tensor | None = None  # [B, T] the trainer's log-probs in the first pass (before any update)
-    correction: dict[str, float] | None = None  # sums and extremes of the importance weights (first pass)
+    tokens: float = 0.0  # loss tokens summed over micro-batches (this rank)
+    loss: float = 0.0  # the summed micro-batch losses (this rank)
+    grad_norm: float = 0.0  # before clipping
+    pass0_logps: torch.Tensor | None = None  # [B, T] the trainer's log-probs when they are the sampling policy's
+    correction: dict[str, float] | None = None  # sums and extremes of the importance weights
 
     def add(self, stats: dict, n_tokens: float) -> None:
         for k, v in stats.items():
@@ -235,43 +342,54 @@ class LossStats:
 
 
 def policy_update(run: TrainRun, model, batch: Batch, advantages: torch.Tensor, old_logps, ref_logps,
-                  step: int, correct: bool = False) -> LossStats:
-    """Step 6: mu passes over the batch in micro-batches; each pass accumulates the policy loss's gradients
-    (normalised over the whole batch on every rank) and makes one optimizer update. With `correct` (and the
-    engine's log-probs) each token's loss is weighted by pi_trainer_old / pi_sampler, truncated or masked."""
+                  step: int, correct: bool = False, track_correction: bool = True) -> LossStats:
+    """Step 6, one optimizer update: the policy loss's gradients accumulated over `batch` (this update's rows)
+    in micro-batches, normalised over those rows of every rank, then the update. With `correct` (and the
+    engine's log-probs) each token's loss is weighted by pi_trainer_old / pi_sampler, truncated or masked
+    (`track_correction`: the weights' statistics are recorded). Without `old_logps` the trainer's own log-probs
+    are the sampling policy's (ratio 1) and are returned as `pass0_logps`."""
     cfg, rt, mbs = run.cfg, run.rt, run.cfg.per_device_train_batch_size
     norm = rt.sum(loss_normalizer(batch.completion_mask, cfg.loss_type, cfg.max_completion_length,
                                   micro_batch_size=mbs)) / rt.world_size
     out = LossStats({})
     first_pass: list[torch.Tensor] = []
-    for it in range(cfg.num_iterations):
-        loss_sum = 0.0
-        for s in range(0, len(batch), mbs):
-            sl = slice(s, s + mbs)
-            mb = batch.select(sl)
-            logps, entropy = completion_logps(model, mb, cfg.temperature, with_entropy=True)  # [b, T]
-            old = old_logps[sl] if old_logps is not None else logps.detach()  # mu = 1: ratio is 1
-            if old_logps is None:  # mu = 1: one pass, whose log-probs are the sampling policy's
-                first_pass.append(old)
-            weights = sampler_weights(cfg, old, mb) if correct and mb.sampler_logps is not None else None
-            if weights is not None and it == 0:  # the weights' statistics, each micro-batch once
-                out.add_correction(sampler_correction_stats(weights, mb.completion_mask,
-                                                            cfg.vllm_importance_sampling_mode))
-            loss, stats = policy_loss(logps, old, advantages[sl], mb.completion_mask,
-                                      loss_type=cfg.loss_type, eps_low=cfg.epsilon, eps_high=cfg.epsilon_high,
-                                      beta=cfg.beta, ref_logp=None if ref_logps is None else ref_logps[sl],
-                                      kl=cfg.kl_estimator, max_completion_length=cfg.max_completion_length,
-                                      num_items=norm, importance_sampling_level=cfg.importance_sampling_level,
-                                      sapo_temperature_pos=cfg.sapo_temperature_pos,
-                                      sapo_temperature_neg=cfg.sapo_temperature_neg, token_weights=weights)
-            loss.backward()
-            loss_sum += loss.item()
-            stats["entropy"] = masked_mean(entropy, mb.completion_mask)
-            out.add(stats, mb.completion_mask.sum().item())
-        out.grad_norm = run.update(step)
-        out.loss += loss_sum / cfg.num_iterations
+    for s in range(0, len(batch), mbs):
+        sl = slice(s, s + mbs)
+        mb = batch.select(sl)
+        logps, entropy = completion_logps(model, mb, cfg.temperature, with_entropy=True)  # [b, T]
+        old = old_logps[sl] if old_logps is not None else logps.detach()  # one update per batch: ratio is 1
+        if old_logps is None:  # whose log-probs are the sampling policy's
+            first_pass.append(old)
+        weights = sampler_weights(cfg, old, mb) if correct and mb.sampler_logps is not None else None
+        if weights is not None and track_correction:
+            out.add_correction(sampler_correction_stats(weights, mb.completion_mask, cfg.vllm_importance_sampling_mode))
+        loss, stats = policy_loss(logps, old, advantages[sl], mb.completion_mask,
+                                  loss_type=cfg.loss_type, eps_low=cfg.epsilon, eps_high=cfg.epsilon_high,
+                                  beta=cfg.beta, ref_logp=None if ref_logps is None else ref_logps[sl],
+                                  kl=cfg.kl_estimator, max_completion_length=cfg.max_completion_length,
+                                  num_items=norm, importance_sampling_level=cfg.importance_sampling_level,
+                                  sapo_temperature_pos=cfg.sapo_temperature_pos,
+                                  sapo_temperature_neg=cfg.sapo_temperature_neg, token_weights=weights)
+        loss.backward()
+        out.loss += loss.item()
+        stats["entropy"] = masked_mean(entropy, mb.completion_mask)
+        out.add(stats, mb.completion_mask.sum().item())
+    out.grad_norm = run.update(step)
     out.pass0_logps = torch.cat(first_pass) if first_pass else None
     return out
+
+
+def batch_correction_metrics(run: TrainRun, batch: Batch, old_logps: torch.Tensor) -> dict:
+    """The importance weights' statistics over a whole generation batch (when it makes several updates: the
+    weights depend on the sampling policy's log-probs only, so they are the same in every update)."""
+    cfg, mbs, stats = run.cfg, run.cfg.per_device_train_batch_size, LossStats({})
+    if batch.sampler_logps is None:
+        return {}
+    for s in range(0, len(batch), mbs):
+        mb = batch.select(slice(s, s + mbs))
+        stats.add_correction(sampler_correction_stats(sampler_weights(cfg, old_logps[s:s + mbs], mb),
+                                                      mb.completion_mask, cfg.vllm_importance_sampling_mode))
+    return stats.correction_metrics(run.rt)
 
 
 def sampler_weights(cfg: GRPOConfig, old: torch.Tensor, mb: Batch) -> torch.Tensor:
@@ -299,21 +417,18 @@ def sampler_drift_metrics(rt, batch: Batch, trainer_logps: torch.Tensor | None) 
             "sampling/importance_sampling_ratio/max": rt.max(d["ratio_max"])}
 
 
-def step_metrics(run: TrainRun, roll: Rollouts, advantages: torch.Tensor, gen: Generation, stats: LossStats,
-                 timings: dict[str, float], isolation: str | None, t_step: float) -> dict:
-    """Step 8: the step's metrics over all processes (TRL's names); also counts tokens and reward errors
-    into the run state."""
+def generation_metrics(run: TrainRun, roll: Rollouts, advantages: torch.Tensor, gen: Generation,
+                       isolation: str | None) -> tuple[dict, dict]:
+    """Step 8, a generation batch's part: its rollouts' statistics over all processes (TRL's names) and the
+    counters and facts of how it was made, logged with each of its updates; counts its tokens and reward
+    errors into the run state."""
     cfg, rt, state, comps = run.cfg, run.rt, run.state, roll.completions
-    lengths = [len(c.completion_ids) for c in comps]
-    n_gen = rt.sum(sum(lengths))
-    state.num_tokens += int(rt.sum(sum(lengths) + sum(len(c.prompt_ids) for c in comps)))
+    state.num_tokens += int(rt.sum(sum(len(c.completion_ids) for c in comps) + sum(len(c.prompt_ids) for c in comps)))
     everyone = gather_rollout_stats(rt, roll)
     for name, n in everyone["rewards"].errors.items():
         state.reward_errors[name] = state.reward_errors.get(name, 0) + n
-    step_time = time.perf_counter() - t_step
-    tok = max(rt.sum(stats.tokens), 1.0)
     all_lengths = everyone["lengths"]
-    metrics = {
+    head = {
         **reward_metrics(everyone["rewards"]),
         "completions/mean_length": sum(all_lengths) / len(all_lengths),
         "completions/max_length": max(all_lengths),
@@ -323,23 +438,39 @@ def step_metrics(run: TrainRun, roll: Rollouts, advantages: torch.Tensor, gen: G
         "completions/reflection_rate": rt.mean(reflection_rate(roll.texts)),
         "frac_reward_zero_std": rt.mean(gen.frac_zero_std),
         "advantages/abs_mean": rt.mean(advantages.abs().mean().item()),
+    }
+    tail = {
+        **{f"reward_errors/{k}": v for k, v in state.reward_errors.items()},
+        "dynamic_sampling/rounds": gen.rounds,
+        **({"async/staleness": gen.staleness} if cfg.async_generation else {}),
+        **({"sandbox/isolation_level": isolation} if isolation else {}),
+    }
+    return head, tail
+
+
+def update_metrics(run: TrainRun, gen: GenerationBatch, stats: LossStats, timings: dict[str, float],
+                   trained_tokens: float, t_step: float) -> dict:
+    """Step 8: an update's metrics over all processes (TRL's names): its generation batch's statistics, the
+    loss statistics, optimizer and run counters, timings, the engine's drift when measured per batch."""
+    cfg, rt, state = run.cfg, run.rt, run.state
+    step_time = time.perf_counter() - t_step
+    tok = max(rt.sum(stats.tokens), 1.0)
+    metrics = {
+        **gen.head,
         **{k: rt.sum(v) / tok for k, v in stats.sums.items()},  # token-weighted over ranks
         "loss": rt.mean(stats.loss),  # each rank's loss is its share x world_size (global normaliser)
         "grad_norm": stats.grad_norm,
         "learning_rate": run.learning_rate,
         "num_tokens": state.num_tokens,
         "skipped_steps": state.skipped_steps,
-        **{f"reward_errors/{k}": v for k, v in state.reward_errors.items()},
-        "dynamic_sampling/rounds": gen.rounds,
-        **({"async/staleness": gen.staleness} if cfg.async_generation else {}),
-        **({"sandbox/isolation_level": isolation} if isolation else {}),
+        **gen.tail,
         **{f"timing_s/{k}": v for k, v in timings.items()},
         "timing_s/step": step_time,
-        "perf/tokens_per_sec": n_gen / step_time,
+        "perf/tokens_per_sec": rt.sum(trained_tokens) / step_time,  # completion tokens this update trained on
     }
     if cfg.beta == 0:
         metrics.pop("kl", None)
-    return metrics
+    return metrics | gen.sampler
 
 
 def gather_rollout_stats(rt, roll: Rollouts) -> dict:

@@ -12,6 +12,7 @@ from r1kit.rollout.base import ALIASES, ENGINES
 from r1kit.train.common_config import ModelArgs, TrainingArgs
 from r1kit.train.common_config import need as common_need
 from r1kit.train.trl_args import TRLGRPOArgs
+from r1kit.train.trl_semantics import generation_plan
 
 log = logging.getLogger("r1kit.grpo")
 
@@ -40,8 +41,20 @@ class GRPOConfig(TRLGRPOArgs, TrainingArgs, ModelArgs):
     rollout_engine_kwargs: dict = field({}, help="Options for the engine, e.g. {gpu_memory_utilization: 0.3, "
                                               "weight_sync: snapshot} for vllm (any other key goes to vllm.LLM) or "
                                               "{base_url: http://127.0.0.1:8000, read_timeout: 600} for vllm-server.")
-    num_generations: int = field(8, help="Completions per prompt (the group size G).")
-    max_prompt_length: int = field(512, help="Prompts longer than this (in tokens) are an error before training.")
+    num_generations: int = field(8, help="Completions per prompt (the group size G, >= 2). As in TRL, the generation "
+                                         "batch over all processes must hold whole groups (a group may span processes).")
+    steps_per_generation: int | None = field(None, help="Micro-batches of per_device_train_batch_size completions per "
+                                                        "device in one generation batch (TRL's meaning; default "
+                                                        "gradient_accumulation_steps). Each generation batch makes "
+                                                        "num_iterations x steps_per_generation / "
+                                                        "gradient_accumulation_steps optimizer updates. Not with "
+                                                        "generation_batch_size.")
+    generation_batch_size: int | None = field(None, help="Completions per generation batch over all processes (TRL's "
+                                                         "meaning): per_device_train_batch_size x processes x "
+                                                         "steps_per_generation. Not with steps_per_generation.")
+    max_prompt_length: int = field(512, help="Prompts longer than this (in tokens, after the template) keep their last "
+                                             "max_prompt_length tokens (cut from the left, as TRL <= 0.25 did), with a "
+                                             "warning that counts them.")
     max_completion_length: int = field(256, help="Maximum new tokens per completion.")
     temperature: float = field(1.0, help="Sampling temperature (also divides the logits in the loss).")
     top_p: float = field(1.0, help="Nucleus sampling threshold.")
@@ -58,7 +71,8 @@ class GRPOConfig(TRLGRPOArgs, TrainingArgs, ModelArgs):
     sapo_temperature_pos: float = field(1.0, help="loss_type sapo: the soft gate's temperature for positive advantages.")
     sapo_temperature_neg: float = field(1.05, help="loss_type sapo: the soft gate's temperature for negative advantages.")
     scale_rewards: str = field("group", help=f"Advantage scaling: {described(SCALES)}; true/false mean group/none.")
-    num_iterations: int = field(1, help="Policy updates per generation batch (the paper's mu).")
+    num_iterations: int = field(1, help="Passes over each generation batch (the paper's mu), each making "
+                                        "steps_per_generation / gradient_accumulation_steps optimizer updates.")
     mask_truncated_completions: bool = field(False, help="Exclude completions cut by max_completion_length from the loss.")
     dynamic_sampling: bool = field(False, help="DAPO: drop groups whose rewards all agree and refill the batch.")
     max_resample_rounds: int = field(4, help="Dynamic sampling: at most this many extra generation rounds per step.")
@@ -83,11 +97,13 @@ class GRPOConfig(TRLGRPOArgs, TrainingArgs, ModelArgs):
     # ---- optimisation and outputs: TrainingArgs, with GRPO's defaults ----
     learning_rate: float = field(1e-6, help="Peak learning rate of AdamW.")
     adam_beta2: float = field(0.99, help="AdamW beta2.")
-    max_steps: int = field(-1, help="Training steps (each: one generation batch); -1 = from num_train_epochs.")
+    max_steps: int = field(-1, help="Optimizer updates (TRL's steps; a generation batch makes num_iterations x "
+                                    "steps_per_generation / gradient_accumulation_steps of them); -1 = from "
+                                    "num_train_epochs.")
     num_train_epochs: float = field(1.0, help="Passes over the prompts, when max_steps is -1.")
     per_device_train_batch_size: int = field(8, help="Completions per micro-batch per device (TRL's meaning).")
     output_dir: str = field("outputs/grpo", help="Where metrics, completions, checkpoints and the model go.")
-    logging_steps: int = field(1, help="Log metrics every this many steps.")
+    logging_steps: int = field(1, help="Log metrics every this many optimizer updates.")
     log_completions: bool = field(True, help="Write prompts, completions, rewards and advantages per step.")
 
     def __post_init__(self):
@@ -123,7 +139,6 @@ class GRPOConfig(TRLGRPOArgs, TrainingArgs, ModelArgs):
         need(is_template(self.template), "template", f"must be {template_choices()}")
         need(self.rollout_engine in ENGINES or self.rollout_engine in ALIASES, "rollout_engine",
              f"must be {one_of(ENGINES)}")
-        need(self.num_generations >= 1, "num_generations", "must be >= 1")
         need(self.num_iterations >= 1, "num_iterations", "must be >= 1")
         need(self.max_completion_length >= 1, "max_completion_length", "must be >= 1")
         need(self.max_prompt_length >= 1, "max_prompt_length", "must be >= 1")
@@ -138,7 +153,5 @@ class GRPOConfig(TRLGRPOArgs, TrainingArgs, ModelArgs):
             self.reward_weights is None or len(self.reward_weights) == len(self.reward_funcs),
             "reward_weights", f"must have one weight per reward function ({len(self.reward_funcs)})",
         )
-        need(self.batch_size % self.num_generations == 0, "per_device_train_batch_size",
-             f"x gradient_accumulation_steps ({self.batch_size}) must be a multiple of "
-             f"num_generations ({self.num_generations}) so every group is whole")
+        generation_plan(self)  # num_generations, steps_per_generation, generation_batch_size: TRL's checks
         self.apply_trl_keys()  # last: TRL/open-r1 keys onto r1kit's options, warnings (trl_args.py)

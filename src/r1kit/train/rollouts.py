@@ -1,15 +1,18 @@
 """What flows through a GRPO step before the gradient: prompts, scored rollouts, and how they are made.
 
-`PromptSet` is the dataset rendered and tokenized once; `Rollouts` is one step's scored completions,
-grouped (the `num_generations` completions of a prompt are consecutive); `Rewarder` scores them with
-TRL-style reward functions; `generate_rollouts` makes a step's rollouts, with DAPO's dynamic sampling.
+`PromptSet` is the dataset rendered and tokenized once; `Rollouts` is one generation batch's scored
+completions, grouped (the `num_generations` completions of a prompt are consecutive; when groups span
+processes, a process holds its slice of the grouped batch); `Rewarder` scores them with TRL-style reward
+functions; `generate_rollouts` makes a process's rollouts of whole groups, with DAPO's dynamic sampling, and
+`generate_group_slice` its slice of groups shared with other processes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, replace
 
 from r1kit.algo import zero_std_groups
 from r1kit.data.datasets import DataError, load_dataset_rows
@@ -17,6 +20,8 @@ from r1kit.data.templates import is_conversation, tokenize_prompts
 from r1kit.rewards import RewardBatch, get_reward, score_completions
 from r1kit.rollout import Completion, SamplingParams
 from r1kit.train.sampler import PromptSampler
+
+log = logging.getLogger("r1kit.grpo")
 
 
 @dataclass
@@ -36,7 +41,8 @@ class PromptSet:
 
 @dataclass
 class Rollouts:
-    """One step's completions and their rewards, grouped: completions g*G .. g*G+G-1 share a prompt."""
+    """A generation batch's completions and their rewards, grouped: completions g*G .. g*G+G-1 share a prompt
+    (a process whose groups span processes holds a slice of the grouped batch of all processes)."""
 
     completions: list[Completion]  # [N]
     rows: list[int]  # the PromptSet row each completion answers                          [N]
@@ -87,7 +93,9 @@ class Rewarder:
 
 
 def load_prompts(cfg, tokenizer, split: str, max_prompt_length: int | None = None) -> PromptSet:
-    """Load and validate `split` of the dataset, render the template, tokenize, check prompt lengths.
+    """Load and validate `split` of the dataset, render the template, tokenize; prompts over
+    `max_prompt_length` tokens keep their last `max_prompt_length` tokens (TRL's left truncation), with one
+    warning that counts them.
 
     `cfg` is a config with the dataset_*, template, system_prompt and model fields of GRPOConfig (or
     SampleConfig)."""
@@ -100,9 +108,13 @@ def load_prompts(cfg, tokenizer, split: str, max_prompt_length: int | None = Non
     too_long = [i for i, ids in enumerate(prompt_ids) if max_prompt_length and len(ids) > max_prompt_length]
     if too_long:
         i = too_long[0]
-        raise DataError(f"{cfg.dataset_name}: row {i}: 'prompt' is {len(prompt_ids[i])} tokens after the "
-                        f"'{cfg.template}' template, over max_prompt_length={max_prompt_length} "
-                        f"({len(too_long)} row(s) in all)")
+        log.warning("%s: %d of %d prompts are longer than max_prompt_length=%d tokens after the '%s' template (the "
+                    "longest %d, first row %d): each keeps its last %d tokens (cut from the left, as TRL did); raise "
+                    "max_prompt_length to keep them whole", cfg.dataset_name, len(too_long), len(prompt_ids),
+                    max_prompt_length, cfg.template, max(len(prompt_ids[j]) for j in too_long), i, max_prompt_length)
+        for j in too_long:
+            prompt_ids[j] = prompt_ids[j][-max_prompt_length:]
+            texts[j] = tokenizer.decode(prompt_ids[j])
     columns = {k: ds[k] for k in ds.column_names if k != "prompt"}
     fingerprint = hashlib.sha256(json.dumps([texts, columns.get("solution")], default=str).encode()).hexdigest()[:16]
     return PromptSet(prompts, texts, prompt_ids, columns, is_conversation(prompts[0]), fingerprint)
@@ -140,6 +152,16 @@ def generate_rollouts(engine, sampling: SamplingParams, sampler: PromptSampler, 
         extra = rollout_and_score(engine, sampling, sampler.next(num_prompts), prompts, rewarder)
         roll = refill(roll, extra, num_prompts, group)
     return roll, first_zero_std, rounds
+
+
+def generate_group_slice(engine, sampling: SamplingParams, sampler: PromptSampler, num_prompts: int,
+                         prompts: PromptSet, rewarder: Rewarder, rank: int, num_rows: int) -> Rollouts:
+    """This process's slice of a generation batch whose groups span processes: every process draws the same
+    `num_prompts` prompts (a sampler shared by all), lays out their groups (each prompt `sampling.n` times,
+    consecutive) and generates one completion for each of the `num_rows` rows from `rank * num_rows` on."""
+    rows = [r for r in sampler.next(num_prompts) for _ in range(sampling.n)]
+    mine = rows[rank * num_rows:(rank + 1) * num_rows]
+    return rollout_and_score(engine, replace(sampling, n=1), mine, prompts, rewarder)
 
 
 def refill(roll: Rollouts, extra: Rollouts, num_prompts: int, group_size: int) -> Rollouts:

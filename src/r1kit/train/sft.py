@@ -55,8 +55,8 @@ def train(cfg: SFTConfig) -> Path:
         1, math.ceil(cfg.num_train_epochs * len(rows) / rows_per_step))
     run.start(tokenizer, num_rows=len(rows), total_steps=total_steps, fingerprint=data["fingerprint"],
               data="dataset (or its tokenization/packing)")
-    log.info("sft: %d %srows (%d examples, %s), %d steps", len(rows), "packed " if cfg.packing else "",
-             data["num_examples"], data["kind"], total_steps)
+    log.info("sft: %d %srows (%d examples, %s; loss on %s), %d steps", len(rows), "packed " if cfg.packing else "",
+             data["num_examples"], data["kind"], loss_tokens(cfg, data["kind"]), total_steps)
 
     for step in run.steps():
         t_step = time.perf_counter()
@@ -95,10 +95,20 @@ def prepare_data(cfg: SFTConfig, tokenizer) -> dict:
         raw, tokenizer, source, lines, max_length=cfg.max_length, truncate=cfg.truncate, template=cfg.template,
         system_prompt=cfg.system_prompt, messages_column=cfg.messages_column, prompt_column=cfg.prompt_column,
         completion_column=cfg.completion_column, completion_only_loss=cfg.completion_only_loss,
-        dataset_text_field=cfg.dataset_text_field)
+        assistant_only_loss=cfg.assistant_only_loss, dataset_text_field=cfg.dataset_text_field)
     rows = pack_examples(examples, cfg.max_length) if cfg.packing else [[e] for e in examples]
     return {"rows": rows, "kind": kind, "num_examples": len(examples),
             "fingerprint": fingerprint(examples) + ("-packed" if cfg.packing else "")}
+
+
+def loss_tokens(cfg: SFTConfig, kind: str) -> str:
+    """Which tokens of a `kind` row the loss is on, as TRL's completion_only_loss / assistant_only_loss say."""
+    completion = kind == "prompt_completion" and cfg.completion_only_loss is not False
+    if completion and cfg.assistant_only_loss:
+        return "the completion's assistant turns"
+    if completion:
+        return "the completion"
+    return "the assistant turns" if cfg.assistant_only_loss else "every token"
 
 
 def step_batches(run: TrainRun, rows: list, pad_id: int) -> list[SFTBatch]:

@@ -24,12 +24,19 @@ class SFTConfig(TRLSFTArgs, TrainingArgs, ModelArgs):
     completion_column: str = field("completion", help="Completion column of prompt/completion data (a string or assistant messages).")
     dataset_text_field: str = field("text", help="Column of plain-text (language modeling) data, trained on all its tokens; "
                                                  "used when neither messages nor prompt/completion columns are there.")
-    template: str = field("r1_zero", help=f"How a string prompt becomes text: {template_help(extra=SFT_TEMPLATES, custom=True)}.")
+    template: str = field("none", help=f"How a string prompt becomes text: {template_help(extra=SFT_TEMPLATES, custom=True)}. "
+                                       "Default none: as is, as TRL does (a conversation prompt goes through the "
+                                       "chat template either way).")
     system_prompt: str | None = field(None, help="System message for template: chat.")
     max_length: int = field(1024, help="Longest tokenized example (prompt + completion + EOS); also the packed row length.")
     truncate: bool = field(False, help="Cut examples longer than max_length (from the right) instead of failing on them.")
     packing: bool = field(False, help="Pack several examples into one row of max_length tokens (position ids restart per example).")
-    completion_only_loss: bool = field(True, help="Loss on completion (assistant) tokens only; false: on every token.")
+    completion_only_loss: bool | None = field(None, help="prompt/completion rows: loss on the completion tokens only "
+                                                         "(true) or on every token (false); null = true for them, as "
+                                                         "in TRL. No effect on messages and text rows.")
+    assistant_only_loss: bool = field(False, help="Conversations (messages rows, or conversation prompts/completions): "
+                                                  "loss on the assistant turns only; false (TRL's default): on every "
+                                                  "token.")
 
     # ---- optimisation and outputs: TrainingArgs, with SFT's defaults ----
     learning_rate: float = field(2e-5, help="Peak learning rate of AdamW.")

@@ -7,7 +7,7 @@ A trainer writes only what is its own (data, the loss, its metrics) and calls th
     model = run.prepare_model(model)                 # train mode, checkpointing, rank 0's weights everywhere (fsdp2: sharded)
     run.start(model, tokenizer, num_rows=..., total_steps=..., fingerprint=..., data="dataset")
                                                      # AdamW + schedule, data order, resume checks, tracking
-    for step in run.steps():
+    for step in run.steps():                         # optimizer updates (TRL's global steps)
         rows = run.sampler.next(cfg.batch_size)      # this rank's rows
         ... forward / backward ...
         grad_norm = run.update(step)                 # average over ranks, clip, AdamW (skips non-finite)
@@ -15,7 +15,10 @@ A trainer writes only what is its own (data, the loss, its metrics) and calls th
     run.finish(extra_files)                          # the final save_pretrained folder
 
 Collectives happen inside these calls on every rank; only file writes are the main process's, and
-they are decided here, so no trainer branches on rank.
+they are decided here, so no trainer branches on rank. A trainer whose data outlives one step (GRPO:
+a generation batch makes several optimizer updates) sets `run.in_flight` to a function returning what a
+resume needs; every checkpoint carries it (`IN_FLIGHT_FILE`, one part per rank) and
+`run.resumed_in_flight()` returns it.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import logging
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from tqdm.auto import tqdm
@@ -33,14 +36,18 @@ from tqdm.auto import tqdm
 from r1kit.config import to_dict
 from r1kit.diagnose.monitor import Monitor
 from r1kit.models.loading import enable_activation_checkpointing, save_model
-from r1kit.train.checkpoint import STATE_FILE, check_resume, find_checkpoint, load_checkpoint, save_checkpoint
+from r1kit.train.checkpoint import (STATE_FILE, CheckpointError, _load_tensors, check_resume, find_checkpoint,
+                                    load_checkpoint, save_checkpoint)
 from r1kit.train.optim import apply_update, make_optimizer
 from r1kit.train.sampler import PromptSampler
 from r1kit.train.tracking import Tracker, read_metrics
 from r1kit.train.trl_args import resolve_steps
+from r1kit.train.trl_semantics import notice_default_differences
 from r1kit.utils.dist import Runtime
 
 log = logging.getLogger("r1kit.train")
+
+IN_FLIGHT_FILE = "in_flight.pt"  # a checkpoint's data in flight (GRPO: the generation batch being trained on)
 
 
 @dataclass
@@ -71,6 +78,10 @@ class TrainRun:
         self.out = Path(cfg.output_dir)
         self.state = TrainState()
         self._full_is_current = True  # the fsdp2 full copy holds the latest weights
+        self.in_flight: Callable[[], dict] | None = None  # this rank's data a resume after a checkpoint needs
+        self.resumed_from: Path | None = None
+        if self.rt.is_main:
+            notice_default_differences(name, cfg)  # once per option: r1kit's default where TRL's differs
 
     @property
     def device(self) -> torch.device:
@@ -89,16 +100,17 @@ class TrainRun:
         return self.model
 
     def start(self, tokenizer, *, num_rows: int, total_steps: int, fingerprint: str, data: str,
-              optimizer_steps: int | None = None) -> None:
-        """Optimizer and schedule, this rank's data order, resume (when asked), tracking, progress bar.
-
-        `optimizer_steps` (default `total_steps`) is how many updates the schedule spans (GRPO: mu per step)."""
+              shared_order: bool = False) -> None:
+        """Optimizer and schedule (over `total_steps` optimizer updates), this rank's data order, resume (when
+        asked), tracking, progress bar. Each rank draws its own share of every epoch's row order, or
+        (`shared_order`) every rank the same rows (GRPO groups that span processes)."""
         cfg = self.cfg
         resolve_steps(cfg, total_steps)  # TRL's save_steps fraction, epoch strategies, log_level (trl_args.py)
         self.tokenizer, self.total_steps, self.fingerprint = tokenizer, total_steps, fingerprint
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer, self.scheduler = make_optimizer(self.params, cfg, optimizer_steps or total_steps)
-        self.sampler = PromptSampler(num_rows, cfg.seed, self.rt.rank, self.rt.world_size)
+        self.optimizer, self.scheduler = make_optimizer(self.params, cfg, total_steps)
+        rank, world = (0, 1) if shared_order else (self.rt.rank, self.rt.world_size)
+        self.sampler = PromptSampler(num_rows, cfg.seed, rank, world)
         if cfg.resume_from_checkpoint:
             self.rt.check_resumable()
             ckpt = find_checkpoint(cfg.resume_from_checkpoint, self.out)
@@ -107,6 +119,7 @@ class TrainRun:
             self.state = TrainState.from_checkpoint(saved)
             self.sampler.load_state_dict(self.state.sampler)
             self._full_is_current = False
+            self.resumed_from = ckpt
             log.info("%s: resumed from %s at step %d", self.name, ckpt, self.state.step)
         self.state.sampler = self.sampler.state_dict()
         self.tracker = Tracker(str(self.out), cfg.report_to, to_dict(cfg), enabled=self.rt.is_main,
@@ -119,8 +132,19 @@ class TrainRun:
                         desc=self.name, dynamic_ncols=True)
 
     def steps(self) -> Iterator[int]:
-        """The steps still to run: 1..total_steps, or from the resumed step on."""
+        """The steps (optimizer updates) still to run: 1..total_steps, or from the resumed step on."""
         return iter(range(self.state.step + 1, self.total_steps + 1))
+
+    def resumed_in_flight(self) -> dict | None:
+        """This rank's `in_flight` data of the checkpoint the run resumed from, or None (no resume, or the
+        checkpoint was written with nothing in flight)."""
+        if self.resumed_from is None or not (self.resumed_from / IN_FLIGHT_FILE).is_file():
+            return None
+        parts = _load_tensors(self.resumed_from / IN_FLIGHT_FILE)["ranks"]
+        if len(parts) != self.rt.world_size:
+            raise CheckpointError(f"{self.resumed_from}: written by {len(parts)} process(es) with data in flight; "
+                                 f"resume it with as many (now {self.rt.world_size})")
+        return parts[self.rt.rank]
 
     # ---- each step ----------------------------------------------------------------------------------
 
@@ -168,11 +192,16 @@ class TrainRun:
             self.checkpoint(step)
 
     def checkpoint(self, step: int) -> Path:
-        """Write `checkpoint-{step}` (main process) after gathering full weights (every process)."""
+        """Write `checkpoint-{step}` (main process) after gathering full weights (every process), with every
+        rank's `in_flight` data when there is some."""
         full = self.full_model()
         path = self.out / f"checkpoint-{step}"
+        tokenizer = self.tokenizer
+        if self.in_flight is not None:  # every rank has some or none: the gather is collective
+            parts = self.rt.gather_objects(self.in_flight())
+            tokenizer = _SavesAlso(self.tokenizer, {IN_FLIGHT_FILE: {"step": step, "ranks": parts}})
         if self.rt.is_main:
-            save_checkpoint(self.out, step, model=full, tokenizer=self.tokenizer, optimizer=self.optimizer,
+            save_checkpoint(self.out, step, model=full, tokenizer=tokenizer, optimizer=self.optimizer,
                             scheduler=self.scheduler, save_total_limit=self.cfg.save_total_limit,
                             trainer_state=dict(asdict(self.state), config=to_dict(self.cfg),
                                                data_fingerprint=self.fingerprint))
@@ -203,3 +232,17 @@ class TrainRun:
                 (self.out / name).write_text(json.dumps(obj, indent=1))
         self.rt.barrier()
         return self.out
+
+
+class _SavesAlso:
+    """The tokenizer as `save_checkpoint` saves it, writing `files` (name -> object for torch.save) into the
+    same temporary folder: they are fsynced and committed by the checkpoint's one atomic rename."""
+
+    def __init__(self, tokenizer, files: dict[str, object]):
+        self.tokenizer, self.files = tokenizer, files
+
+    def save_pretrained(self, folder) -> None:
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(folder)
+        for name, obj in self.files.items():
+            torch.save(obj, Path(folder) / name)
