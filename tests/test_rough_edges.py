@@ -142,13 +142,13 @@ def test_missing_column_names_the_commands_key(tmp_path, capsys):
     ("beta1", "'adam_beta1'"),
     ("epochs", "'num_train_epochs'"),
     ("max_length", "'max_prompt_length' or 'max_completion_length'"),
-    ("hub_strategy", None),                                      # shares only '_strategy'
-    ("eval_strategy", None),
-    ("logging_strategy", None),
-    ("save_strategy", None),
+    # (hub_strategy, eval_strategy, save_strategy, push_to_hub, bf16 ... are TRL keys r1kit now knows)
+    ("hub_private_repo", None),
+    ("hub_token", None),
+    ("torch_compile", None),
+    ("save_safetensors", None),
     ("eval_steps", None),                                        # not max_steps/save_steps
-    ("push_to_hub", None),
-    ("bf16", None),
+    ("tf32", None),
     ("lr", None),
 ])
 def test_did_you_mean_only_when_close(key, suggestion):

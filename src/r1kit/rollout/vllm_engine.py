@@ -80,9 +80,12 @@ class VLLMEngine:
         if self.weight_sync == "ipc" and not on_cuda:
             raise ValueError("weight_sync 'ipc' needs the policy on a CUDA device; use 'snapshot' on CPU")
         self.sleep_between = on_cuda if sleep is None else sleep
-        if self.sleep_between and not on_cuda and llm is None:
-            log.info("vLLM sleep mode is off: vLLM's CPU backend does not support it")
+        if not on_cuda and llm is None:
+            if self.sleep_between or sleep is None:
+                log.info("vLLM sleep mode is off: vLLM's CPU backend does not support it")
             self.sleep_between = False
+        elif self.sleep_between:
+            log.info("vLLM sleep mode is on: between rollouts its weights and KV cache leave the GPU")
         self.snapshot = Path(snapshot_dir) if snapshot_dir else Path(tempfile.mkdtemp(prefix="r1kit-vllm-"))
         if not snapshot_dir:
             atexit.register(shutil.rmtree, self.snapshot, True)
