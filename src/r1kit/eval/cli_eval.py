@@ -1,8 +1,9 @@
 """`r1kit eval --model DIR --task NAME [--n K] [--out DIR]`: DeepSeek-R1's evaluation protocol.
 
 k samples per problem at temperature 0.6, top-p 0.95 (paper §3): pass@1 = mean correctness over
-all samples, its bootstrap 95% interval over problems, cons@k (majority vote on the extracted
-answer), unbiased pass@k (Chen et al.), mean response length, reflection and language-mixing rates.
+all samples (correct: the verifier scores it 1.0), its bootstrap 95% interval over problems, cons@k
+(majority vote on the extracted answer), unbiased pass@k (Chen et al.), mean response length,
+reflection and language-mixing rates; `partial_credit` too for a task that gives it (rg:NAME).
 Writes `out/results.json` and `out/samples.jsonl` (one line per sample).
 
 Tasks:
@@ -95,7 +96,7 @@ def run_eval(cfg: EvalConfig) -> Path:
     from r1kit.models.loading import load_model_and_tokenizer
     from r1kit.rollout import make_engine
 
-    rows, score, extract = load_problems(cfg)
+    rows, score, extract, partial = load_problems(cfg)
     device = default_device()
     model, tokenizer = load_model_and_tokenizer(cfg.model, dtype=cfg.dtype, device=device)
     model.eval()
@@ -116,6 +117,9 @@ def run_eval(cfg: EvalConfig) -> Path:
                      "seed": cfg.seed},
         "num_samples": len(res.samples), "warnings": warnings,
     })
+    if partial is not None:  # a task with partial credit (rg:NAME): its mean, beside the exact-match accuracy
+        summary["partial_credit"] = sum(partial(s["completion"], rows[s["problem"]]) for s in res.samples) / max(
+            len(res.samples), 1)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(finite_or_none(summary), indent=1) + "\n")
     with open(out / "samples.jsonl", "w") as f:
@@ -141,7 +145,8 @@ def sample_size_warnings(k: int, num_problems: int) -> list[str]:
 
 
 def load_problems(cfg: EvalConfig):
-    """(rows with prompt and solution, score(text, row), extract(text)) for a task name or a file."""
+    """(rows with prompt and solution, score(text, row), extract(text), partial(text, row) or None) for a task
+    name or a file; `partial` is a task's partial credit (rg:NAME tasks), reported as `partial_credit`."""
     from r1kit.rewards.math import accuracy, extract_answer
 
     is_file = cfg.task.endswith(FILE_SUFFIXES) or Path(cfg.task).exists()
@@ -158,7 +163,7 @@ def load_problems(cfg: EvalConfig):
             raise ValueError(f"--task {cfg.task!r}: {e}") from None
         rows = task.dataset(cfg.split, cfg.num_problems or 200, cfg.seed)
         numeric = all(_is_number(r["solution"]) for r in rows)
-        return rows, task.score, (extract_number if numeric else tag_answer)
+        return rows, task.score, (extract_number if numeric else tag_answer), getattr(task, "partial_credit", None)
 
     ds = load_dataset_rows(cfg.task, cfg.split, prompt_column=cfg.problem_column,
                            answer_column=cfg.solution_column, num_rows=cfg.num_problems,
@@ -177,7 +182,7 @@ def load_problems(cfg: EvalConfig):
     def score(text: str, row: dict) -> float:
         return accuracy([row["prompt"]], [text], solution=[row["solution"]])[0] or 0.0
 
-    return rows, score, extract_answer
+    return rows, score, extract_answer, None
 
 
 def run_preset(cfg: EvalConfig, out: Path) -> Path:

@@ -12,7 +12,7 @@ from r1kit.rollout import SamplingParams
 
 @dataclass
 class EvalResult:
-    pass_at_1: float              # mean correctness over all k samples of all problems
+    pass_at_1: float              # mean correctness (score >= 1.0) over all k samples of all problems
     pass_at_1_ci: list[float]     # bootstrap 95% interval over problems
     cons_at_k: float              # majority vote over the k extracted answers
     pass_at_k: float              # unbiased pass@k (Chen et al.)
@@ -50,11 +50,12 @@ def evaluate(engine, prompt_ids: list[list[int]], rows: list[dict], score: Calla
             group = comps[j:j + k]
             row = rows[start + group[0].prompt_index]
             scores = [float(score(c.text, row)) for c in group]
+            right = [s >= 1.0 for s in scores]  # correct only when fully right: partial credit is not accuracy
             answers = [extract(c.text) for c in group]
             vote = majority_vote(answers)
-            cons.append(max((s for s, a in zip(scores, answers) if a == vote), default=0.0) if vote else 0.0)
-            per_problem.append(sum(scores) / k)
-            passk.append(pass_at_k(k, sum(s >= 1.0 for s in scores), k))
+            cons.append(float(any(r for r, a in zip(right, answers) if a == vote)) if vote else 0.0)
+            per_problem.append(sum(right) / k)
+            passk.append(pass_at_k(k, sum(right), k))
             samples += [{"problem": start + c.prompt_index, "completion": c.text, "answer": a, "score": s,
                          "length": len(c.completion_ids), "finish_reason": c.finish_reason}
                         for c, a, s in zip(group, answers, scores)]
