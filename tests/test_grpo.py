@@ -154,13 +154,14 @@ def test_grpo_trains_the_smollm2_gguf_offline_with_lora(tmp_path):
 
 def test_grpo_learns_arithmetic_from_the_warm_started_tiny_base(tmp_path):
     """Learning, not just running: the shipped tiny-world base model (pretrained, never shown the
-    R1-Zero template) is right on ~20% of its training samples at first; 16 GRPO steps on the
-    arithmetic task raise the accuracy reward by a wide margin (measured here: ~0.2 -> ~0.55)."""
+    R1-Zero template) is right on under half of its training samples at first; 16 GRPO steps on the
+    arithmetic task, at the demo's sampling temperature 0.8, raise the accuracy reward by a wide margin
+    (measured here: mean of the first 4 steps 0.46 -> of the last 4 0.70)."""
     cfg = tiny_cfg(tmp_path, model_name_or_path="r1kit:tiny-base", dataset_num_rows=512, template="r1_zero",
                    reward_funcs=["task_accuracy", "format"], num_generations=8, per_device_train_batch_size=64,
                    gradient_accumulation_steps=1, max_completion_length=96, stop_strings=["</answer>"],
                    learning_rate=1e-4, lr_scheduler_type="constant", max_steps=16, save_steps=0, seed=0,
-                   log_completions=False)
+                   temperature=0.8, log_completions=False)
     rows = read_metrics(train(cfg))
     acc = [r["rewards/task_accuracy/mean"] for r in rows]
     first, last = sum(acc[:4]) / 4, sum(acc[-4:]) / 4

@@ -5,10 +5,13 @@ Like web text, it mixes behaviours for the same kind of question:
 - direct answers, correct on easy items but mostly WRONG on hard ones (noisy "forum" answers);
 - worked solutions, digit by digit with carries/borrows (or term by term for chains), verbose ones
   that keep a running "so far" result (rarely wrong) and terse ones (more often wrong);
-- self-checks ("Wait, let me check ...") that re-compute a step and either confirm it or catch an
-  error and fix it; solutions with a check are the most accurate;
+- self-checks ("Wait, let me check ...") that re-compute a step a different way (one operation at a
+  time: "7 * 4 = 28, 28 + 2 = 30", or the operands swapped) and either confirm it or catch an error
+  and fix it; solutions with a check are the most accurate. Re-checking one operation at a time is
+  easier than the step itself, so a model that learns to re-check can really catch its own slips;
 - steps written in Russian (Cyrillic), so a script-based detector can measure language mixing;
-- rarely, <think>/<answer> tags in assorted contexts, so a format reward is occasionally satisfiable.
+- rarely, <think>/<answer> tags in assorted contexts, mostly the full R1 format (a few percent of a
+  base model's samples under the R1-Zero template), so a format reward is occasionally satisfied.
 
 It never contains the R1-Zero template sentence and never an item whose canonical key is in the test
 split (`r1kit.tasks.is_test_key`). Everything is deterministic in the seed.
@@ -51,8 +54,10 @@ class CorpusMix:
     err_terse: float = 0.3           # ... of terse ones
     p_check: float = 0.3             # worked solution contains a self-check
     p_check_catches: float = 0.5     # a self-check follows an error it then fixes (else it confirms)
+    p_hard_step: float = 0.8         # an error or a self-check falls on a two-operation step (a carry or
+                                     # borrow in: "7 * 4 + 2"), when the solution has one
     p_russian: float = 0.12          # worked solution has steps in Russian
-    p_tags: float = 0.04             # document uses <think>/<answer> tags somewhere
+    p_tags: float = 0.06             # document uses <think>/<answer> tags somewhere
     p_preface: float = 0.15          # document starts with unrelated preface sentences
 
 
@@ -190,9 +195,9 @@ def _render_binary_steps(rng: random.Random, p: dict, mix: CorpusMix) -> tuple[l
     russian = rng.random() < mix.p_russian
     check = rng.random() < mix.p_check
     err_rate = mix.err_terse if terse else mix.err_verbose
-    err_at = rng.randrange(len(steps)) if rng.random() < (err_rate if not check else mix.p_check_catches) else None
+    err_at = _pick_step(rng, steps, mix) if rng.random() < (err_rate if not check else mix.p_check_catches) else None
     fix = check and err_at is not None
-    confirm_at = rng.randrange(len(steps)) if (check and err_at is None) else None
+    confirm_at = _pick_step(rng, steps, mix) if (check and err_at is None) else None
     sofar = ""
     carry_in = 0
     out: list[str] = []
@@ -216,16 +221,16 @@ def _render_binary_steps(rng: random.Random, p: dict, mix: CorpusMix) -> tuple[l
             val = true_val
             fixed = _sofar(p, val, st["last"], sofar)
             if ru or (russian and rng.random() < 0.5):
-                out.append(f"Подожди, проверим: {expr} = {val}, а не {_corrupt_shown(out[-1])}. Значит, пока {fixed}.")
+                out.append(f"Подожди, проверим: {recheck(expr)}, а не {_corrupt_shown(out[-1])}. Значит, пока {fixed}.")
             else:
-                out.append(f"Wait, let me check: {expr} = {val}, not {_corrupt_shown(out[-1])}. So far {fixed}."
-                           if not terse else f"Wait, let me check: {expr} = {val}. Fixed.")
+                out.append(f"Wait, let me check: {recheck(expr)}, not {_corrupt_shown(out[-1])}. So far {fixed}."
+                           if not terse else f"Wait, let me check: {recheck(expr)}. Fixed.")
         elif confirm_at == i:
             if ru:
-                out.append(f"Проверим: {expr} = {val}. Верно.")
+                out.append(f"Проверим: {recheck(expr)}. Верно.")
             else:
-                out.append(rng.choice([f"Wait, let me check: {expr} = {val}. Yes.",
-                                       f"Let me double-check: {expr} = {val}. Correct."]))
+                out.append(rng.choice([f"Wait, let me check: {recheck(expr)}. Yes.",
+                                       f"Let me double-check: {recheck(expr)}. Correct."]))
         sofar = _sofar(p, val, st["last"], sofar)
         carry_in = _carry_out(p, val)
     ans = int(sofar) if sofar else 0
@@ -236,6 +241,13 @@ def _render_binary_steps(rng: random.Random, p: dict, mix: CorpusMix) -> tuple[l
         out.append(rng.choice([f"So {p['a']} {sym} {p['b']} = {ans}.", f"So the answer is {ans}.",
                                f"The answer is {ans}."]))
     return out, ans, check, russian
+
+
+def _pick_step(rng: random.Random, steps: list[dict], mix: CorpusMix) -> int:
+    """The step an error or a self-check falls on: mostly a hard one (two operations), as people slip
+    and double-check where a carry or borrow comes in."""
+    hard = [st["i"] for st in steps if len(st["expr"].replace("(borrow)", "").split()) == 5]
+    return rng.choice(hard) if hard and rng.random() < mix.p_hard_step else rng.randrange(len(steps))
 
 
 def _expr_for(p: dict, i: int, c: int) -> str:
@@ -269,6 +281,30 @@ def _sofar(p: dict, val: int, last: bool, sofar: str) -> str:
             s = s.lstrip("0") or "0"
         return s
     return f"{val if last else val % 10}{sofar}"
+
+
+def eval_step(expr: str) -> int:
+    """Value of a written step: "7 * 4 + 2", "15 - 7 - 1 (borrow)", "5 + 8" (no other syntax)."""
+    toks = expr.replace("(borrow)", "").split()
+    value = int(toks[0])
+    for op, x in zip(toks[1::2], toks[2::2]):
+        value = value * int(x) if op == "*" else value + int(x) if op == "+" else value - int(x)
+    return value
+
+
+def recheck(expr: str) -> str:
+    """A step re-computed another way, one operation at a time, ending with "= value":
+    "7 * 4 + 2" -> "7 * 4 = 28, 28 + 2 = 30"; "5 + 8" -> "8 + 5 = 13" (operands swapped);
+    "15 - 7 (borrow)" -> "15 - 7 = 8"."""
+    toks = expr.replace("(borrow)", "").split()
+    if len(toks) == 3 and toks[1] in "+*":
+        return f"{toks[2]} {toks[1]} {toks[0]} = {eval_step(expr)}"
+    parts, value = [], int(toks[0])
+    for op, x in zip(toks[1::2], toks[2::2]):
+        new = eval_step(f"{value} {op} {x}")
+        parts.append(f"{value} {op} {x} = {new}")
+        value = new
+    return ", ".join(parts)
 
 
 def _corrupt_shown(sentence: str) -> str:
@@ -306,12 +342,12 @@ def _render_chain_steps(rng: random.Random, p: dict, mix: CorpusMix) -> tuple[li
         ru = russian and rng.random() < 0.6
         out.append(f"{total} {op} {x} = {val}." if not ru else f"{total} {op} {x} = {val}, пока {val}.")
         if err_at == j and check:
-            out.append(f"Wait, let me check: {total} {op} {x} = {true}, not {val}." if not ru
-                       else f"Подожди, проверим: {total} {op} {x} = {true}, а не {val}.")
+            out.append(f"Wait, let me check: {recheck(f'{total} {op} {x}')}, not {val}." if not ru
+                       else f"Подожди, проверим: {recheck(f'{total} {op} {x}')}, а не {val}.")
             val = true
         elif check and err_at is None and j == n - 1:
-            out.append(f"Wait, let me check: {total} {op} {x} = {val}. Yes." if not ru
-                       else f"Проверим: {total} {op} {x} = {val}. Верно.")
+            out.append(f"Wait, let me check: {recheck(f'{total} {op} {x}')}. Yes." if not ru
+                       else f"Проверим: {recheck(f'{total} {op} {x}')}. Верно.")
         total = val
     out.append(rng.choice([f"So the answer is {total}.", f"The answer is {total}."]))
     return out, total, check, russian
@@ -359,7 +395,7 @@ PREFACES = [
 
 
 def _tag_wrap(rng: random.Random, body: str, ans: int, is_steps: bool) -> str:
-    if is_steps and rng.random() < 0.7:
+    if rng.random() < (0.9 if is_steps else 0.6):
         return f"<think> {body} </think> <answer> {ans} </answer>"
     return rng.choice([f"{body} <answer> {ans} </answer>", f"<answer> {ans} </answer>",
                        f"<think> {body} </think> {ans}"])

@@ -10,6 +10,7 @@ from r1kit.diagnose.report import Series, line_chart_png
 
 PLOTS = [  # (file, metrics key, title, y label)
     ("reward.png", "reward", "Training reward", "mean reward"),
+    ("format.png", "rewards/format/mean", "Training responses in the R1 format", "format reward"),
     ("length.png", "completions/mean_length", "Mean response length (cf. R1 paper, Figure 3)", "tokens"),
     ("reflection.png", "completions/reflection_rate", "Responses with re-evaluation phrases", "rate"),
     ("language.png", "completions/language_mixing_rate", "Responses mixing a second script", "rate"),
@@ -21,6 +22,34 @@ def _plot(path: Path, xs, ys, title: str, ylabel: str, smooth: bool = True) -> N
     path.write_bytes(line_chart_png([series], title, ylabel, xlabel="GRPO step", size=(5.5, 3.2), dpi=110))
 
 
+SC_ROWS = [("responses that re-check a step", "rechecking_responses"), ("re-checks", "rechecks"),
+           ("re-checks that change the step's value", "rechecks_changing_a_step"),
+           ("wrong answers fixed (a wrong step corrected, final answer right)", "wrong_answers_fixed"),
+           ("right answers broken (a right step changed, final answer wrong)", "right_answers_broken"),
+           ("accuracy of responses that re-check", "accuracy_rechecking"),
+           ("accuracy of responses that do not", "accuracy_not_rechecking")]
+
+
+def _self_correction_html(sc: dict | None) -> str:
+    """The "aha moment" table in miniature: what the held-out re-checks did, before and after."""
+    if not sc:
+        return ""
+
+    def cell(v):
+        return "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+
+    rows = "".join(f"<tr><td>{html.escape(label)}</td><td>{cell(sc['before'][k])}</td><td>{cell(sc['after'][k])}</td></tr>"
+                   for label, k in SC_ROWS)
+    examples = "".join(
+        f"<li>step <code>{html.escape(e['step'])}</code> written as {e['written']}, re-checked to {e['rechecked']} "
+        f"(true {e['true']}); final answer right<pre>{html.escape(e['completion'])}</pre></li>"
+        for e in sc["after"]["examples"])
+    return (f"<h2>Self-correction (held-out)</h2><p>Each re-check is compared with the step it re-checks "
+            f"and with the truth (<code>r1kit.tiny_world.self_correction</code>).</p>"
+            f"<table><tr><th></th><th>before</th><th>after</th></tr>{rows}</table>"
+            f"<h3>Re-checks that fixed a step, after training</h3><ol>{examples or '<li>none</li>'}</ol>")
+
+
 def write_report(out: Path, summary: dict, metrics: list[dict], before_samples: list[dict],
                  after_samples: list[dict]) -> Path:
     """Write the PNG plots and `report.html` into `out`."""
@@ -30,6 +59,10 @@ def write_report(out: Path, summary: dict, metrics: list[dict], before_samples: 
         _plot(out / "heldout.png", [c["step"] for c in curve], [c["pass@1"] for c in curve],
               "Held-out pass@1 (T=0.6, top-p 0.95)", "pass@1", smooth=False)
         figures.append("heldout.png")
+        if all("format_rate" in c for c in curve):
+            _plot(out / "heldout_format.png", [c["step"] for c in curve], [c["format_rate"] for c in curve],
+                  "Held-out responses in the R1 format", "format rate", smooth=False)
+            figures.append("heldout_format.png")
     for name, key, title, ylabel in PLOTS:
         pts = [(m["step"], m[key]) for m in metrics if m.get(key) is not None]
         if pts:
@@ -39,7 +72,7 @@ def write_report(out: Path, summary: dict, metrics: list[dict], before_samples: 
     b, a = summary["before"], summary["after"]
     rows = "".join(
         f"<tr><td>{label}</td><td>{b[key]:.3f}</td><td>{a[key]:.3f}</td></tr>"
-        for label, key in [("pass@1", "pass@1"), (f"cons@{summary['k']}", "cons@k"),
+        for label, key in [("pass@1", "pass@1"), (f"cons@{summary['k']}", "cons@k"), ("format rate", "format_rate"),
                            ("mean response length (tokens)", "mean_response_length"),
                            ("reflection rate", "reflection_rate"), ("language-mixing rate", "language_mixing_rate")])
     trends = "".join(
@@ -63,6 +96,7 @@ td:first-child{{text-align:left}}img{{width:540px;margin:4px}}pre{{white-space:p
 Held-out: {summary['num_problems']} problems, {summary['k']} samples each at temperature 0.6, top-p 0.95.</p>
 <table><tr><th></th><th>before</th><th>after</th></tr>{rows}</table>
 <h2>What changed during training</h2><ul>{trends}</ul>
+{_self_correction_html(summary.get("self_correction"))}
 <h2>Curves</h2>{imgs}
 <h2>Samples</h2>{examples(before_samples, "Base model")}{examples(after_samples, "After GRPO")}
 <h2>Raw numbers</h2><pre>{html.escape(json.dumps(summary, indent=1))}</pre>
