@@ -2,7 +2,7 @@
 
 - `cold_start_rows`: DeepSeek-R1's cold-start data in miniature (§2.3.1): readable, correct, English
   chains of thought in the R1 output format, each closed by a short summary:
-  `<think> ones: 7 + 5 = 12, carry 1, so far 2. ... </think> <answer> 47 + 35 = 82, so the answer is 82 </answer>`.
+  `<think> ones: 7 + 5 = 12, carry 1, so far 2. ... </think> <answer> so the answer is 82, as 47 + 35 = 82 </answer>`.
   The worked solutions come from the pretraining corpus generator (`corpus.worked_solution`) with a clean
   mix: verbose steps with a running result, no errors, no Russian, occasional self-checks that confirm
   a step ("Wait, let me check ... Yes."). Problems are the task's TRAIN split rows (never evaluation
@@ -71,7 +71,9 @@ def _problem(row: dict) -> dict | None:
 def _summary(p: dict, ans: int) -> str:
     expr = (f"{p['a']} {p['op']} {p['b']}" if p["kind"] == "binary"
             else str(p["nums"][0]) + "".join(f" {o} {x}" for o, x in zip(p["ops"], p["nums"][1:])))
-    return f"{expr} = {ans}, so the answer is {ans}"
+    # the answer first, copied from the chain of thought's last sentence, then the equation: a small model
+    # that starts with "47 + 35 =" answers it afresh (a direct answer, mostly wrong) instead of copying
+    return f"so the answer is {ans}, as {expr} = {ans}"
 
 
 def cold_start_rows(cfg: ColdStartDataConfig, task: str = "arithmetic") -> tuple[list[dict], dict]:
