@@ -48,13 +48,13 @@ def test_task_accuracy_is_exact_and_rg_partial_credit_is_its_own_reward():
     comps = [f"<answer>{gold}</answer>", f"<answer>{gold}0</answer>"]  # right; gold inside a longer string
     cols = {k: [rows[0][k]] * 2 for k in rows[0]}
     acc = get_reward("task_accuracy")(prompts=["p", "p"], completions=comps, **cols)
-    part = get_reward("r1kit.tasks.rg:rg_partial_credit")(prompts=["p", "p"], completions=comps, **cols)
+    part = get_reward("rg_partial_credit")(prompts=["p", "p"], completions=comps, **cols)
     assert acc == [1.0, 0.0]
     assert part == [1.0, pytest.approx(len(gold) / (len(gold) + 1))]
     chat = [[{"role": "assistant", "content": c}] for c in comps]  # conversational completions, as TRL passes them
-    assert get_reward("r1kit.tasks.rg:rg_partial_credit")(prompts=["p", "p"], completions=chat, **cols) == part
+    assert get_reward("rg_partial_credit")(prompts=["p", "p"], completions=chat, **cols) == part
     # rows of other tasks are not scored by the rg reward
-    assert get_reward("r1kit.tasks.rg:rg_partial_credit")(prompts=["p"], completions=["1"], task=["arithmetic"]) == [None]
+    assert get_reward("rg_partial_credit")(prompts=["p"], completions=["1"], task=["arithmetic"]) == [None]
 
 
 class _Engine:

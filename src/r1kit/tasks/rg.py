@@ -23,7 +23,7 @@ reuses the items it found and logs a warning.
 Scoring: reasoning-gym's ``score_answer(answer, entry)`` gives partial credit (for
 ``basic_arithmetic`` the answer ``28`` to ``2`` scores 0.5). ``score`` — what pass@1, cons@k and the
 ``task_accuracy`` reward use — is 1.0 only when ``score_answer`` is 1.0, else 0.0; the raw score is
-``partial_credit(text, row)``, and the reward ``r1kit.tasks.rg:rg_partial_credit`` (an import path) for
+``partial_credit(text, row)``, and the reward ``rg_partial_credit`` (``r1kit.rewards.task``) for
 training with it. The answer handed to ``score_answer`` is the last ``<answer>`` content if there is
 one; else, when the reference answer is a number, the last number in the completion; else the last
 non-empty line.
@@ -251,35 +251,3 @@ def _is_number(text: str) -> bool:
         return True
     except ValueError:
         return False
-
-
-def rg_partial_credit(prompts, completions, task=None, **columns) -> list[float | None]:
-    """Reward: reasoning-gym's partial credit of each completion (``reward_funcs:
-    [r1kit.tasks.rg:rg_partial_credit]``); rows that are not ``rg:`` tasks get None."""
-    from . import get_task
-
-    if task is None:
-        return [None] * len(completions)
-    names = [task] * len(completions) if isinstance(task, str) else list(task)
-    lists = {k: v for k, v in columns.items() if isinstance(v, list) and len(v) == len(completions)}
-    tasks: dict = {}
-    out: list[float | None] = []
-    for i, (name, completion) in enumerate(zip(names, completions)):
-        if not name or not str(name).startswith("rg:"):
-            out.append(None)
-            continue
-        if name not in tasks:
-            tasks[name] = get_task(name)
-        row = {k: v[i] for k, v in lists.items()}
-        out.append(tasks[name].partial_credit(_text(completion), row))
-    return out
-
-
-def _text(completion) -> str:
-    """A completion as TRL passes it: a string, or chat messages (the assistant contents joined).
-    (tasks sit below rewards, so this does not import r1kit.rewards.text.)"""
-    if completion is None or isinstance(completion, str):
-        return completion or ""
-    msgs = [m for m in (completion if isinstance(completion, (list, tuple)) else [completion]) if isinstance(m, dict)]
-    chosen = [m for m in msgs if m.get("role") == "assistant"] or msgs
-    return "".join(m["content"] if isinstance(m.get("content"), str) else "" for m in chosen)

@@ -161,8 +161,8 @@ def _first_step_above(metrics: list[dict], key: str, level: float, window: int =
 
 
 def _behaviour(result) -> dict:
-    return {"pass@1": result.pass_at_1, "format_rate": format_rate(result.samples), "pass@1_ci": result.pass_at_1_ci, "cons@k": result.cons_at_k,
-            "pass@k": result.pass_at_k, "mean_response_length": result.mean_response_length,
+    return {"pass@1": result.pass_at_1, "format_rate": format_rate(result.samples), "pass@1_ci": result.pass_at_1_ci,
+            "cons@k": result.cons_at_k, "pass@k": result.pass_at_k, "mean_response_length": result.mean_response_length,
             "reflection_rate": result.reflection_rate, "language_mixing_rate": result.language_mixing_rate}
 
 
