@@ -119,18 +119,24 @@ class PhaseTimer:
         return timed
 
     def end_step(self, step_time: float):
-        rec = dict(self.cur, step=step_time)
+        import torch
+
+        rec = dict(self.cur, step=step_time, threads=torch.get_num_threads())
         rec["rest"] = step_time - rec["generate"] - rec["logp_fwd"] - rec["backward"]
         self.steps.append(rec)
         self.cur = {k: 0.0 for k in self.cur}
 
 
-def common_rows(n_rows: int, tokenizer):
+PROMPTS = {"short": "User: {prompt}. Assistant:",  # ~22 tokens on the tiny tokenizer
+           "r1": "r1_zero"}  # the paper's template: ~237 tokens on the tiny tokenizer, ~98 on SmolLM2's
+
+
+def common_rows(n_rows: int, tokenizer, prompt: str = "r1"):
     from r1kit.data.datasets import load_dataset_rows
     from r1kit.data.templates import render_prompt
 
     ds = load_dataset_rows("r1kit:arithmetic", num_rows=n_rows, seed=42)
-    return [render_prompt(p, tokenizer, "r1_zero") for p in ds["prompt"]], list(ds["solution"])
+    return [render_prompt(p, tokenizer, PROMPTS[prompt]) for p in ds["prompt"]], list(ds["solution"])
 
 
 def run_r1kit(args, W, folder: Path, out_dir: Path, timer: PhaseTimer):
@@ -147,6 +153,11 @@ def run_r1kit(args, W, folder: Path, out_dir: Path, timer: PhaseTimer):
         return eng
 
     grpo.make_engine = make_engine
+    if args.prompt != "r1":  # the short prompt as a named template (GRPOConfig takes registered names)
+        from r1kit.data import templates
+
+        text = PROMPTS[args.prompt]
+        templates.TEMPLATES[args.prompt] = lambda p, tok, sp, conv: templates._fill(text, args.prompt, p, sp, conv)
     grpo.completion_logps = timer.wrap(grpo.completion_logps, "logp_fwd")
     import r1kit.train.skeleton as skeleton
 
@@ -156,14 +167,14 @@ def run_r1kit(args, W, folder: Path, out_dir: Path, timer: PhaseTimer):
 
     cfg = GRPOConfig(
         model_name_or_path=str(folder), dtype="float32", dataset_name="r1kit:arithmetic",
-        dataset_num_rows=args.rows, template="r1_zero", reward_funcs=["accuracy", "format", "__main__:digits"],
+        dataset_num_rows=args.rows, template=PROMPTS[args.prompt] if args.prompt == "r1" else args.prompt, reward_funcs=["accuracy", "format", "__main__:digits"],
         num_generations=W["generations"], max_completion_length=W["max_completion_length"], temperature=1.0,
         per_device_train_batch_size=args.micro,
         gradient_accumulation_steps=W["prompts"] * W["generations"] // args.micro,
         learning_rate=LR, beta=0.0, loss_type="dapo", max_steps=args.steps, seed=args.seed,
         output_dir=str(out_dir), save_steps=0, log_completions=False, disable_tqdm=True, report_to=["none"],
         max_reward_failure_fraction=None, max_prompt_length=4096,
-        gradient_checkpointing=args.gc in ("r1kit", "both"),
+        gradient_checkpointing=args.gc in ("r1kit", "both"), cpu_threads=args.cpu_threads,
     )
     class Tracker(skeleton.Tracker):  # logs every step (logging_steps=1): close the step's phase record
         def log(self, step, metrics):
@@ -186,7 +197,7 @@ def run_trl(args, W, folder: Path, out_dir: Path, timer: PhaseTimer):
     from r1kit.rewards import get_reward
 
     tok = AutoTokenizer.from_pretrained(folder)
-    prompts, solutions = common_rows(args.rows, tok)
+    prompts, solutions = common_rows(args.rows, tok, args.prompt)
     ds = Dataset.from_dict({"prompt": prompts, "solution": solutions})
     M = W["max_completion_length"]
     targs = GRPOConfig(
@@ -229,7 +240,7 @@ def worker(args):
     import torch
 
     torch.set_num_threads(args.threads)
-    W = WORKLOADS[args.workload]
+    W = dict(WORKLOADS[args.workload], max_completion_length=args.completion)
     folder = CACHE / args.workload
     timer = PhaseTimer()
     with tempfile.TemporaryDirectory() as tmp:
@@ -257,7 +268,7 @@ def matmul_peak(threads: int, n: int = 2048, seconds: float = 3.0) -> float:
     return best / 1e9  # GFLOP/s (best of the window: the machine's bound, not its noisy average)
 
 
-def workload_flops(folder: Path, W: dict) -> dict:
+def workload_flops(folder: Path, W: dict, prompt: str = "r1") -> dict:
     """Estimated FLOPs per optimizer step, per phase (see the module docstring)."""
     import torch
     from transformers import AutoConfig, AutoTokenizer
@@ -268,7 +279,7 @@ def workload_flops(folder: Path, W: dict) -> dict:
         from transformers import AutoModelForCausalLM
 
         n_params = sum(p.numel() for p in AutoModelForCausalLM.from_config(cfg).parameters())
-    prompts, _ = common_rows(64, tok)
+    prompts, _ = common_rows(64, tok, prompt)
     P = statistics.mean(len(tok(p).input_ids) for p in prompts)
     B, T = W["prompts"] * W["generations"], W["max_completion_length"]
     L, d, V = cfg.num_hidden_layers, cfg.hidden_size, cfg.vocab_size
@@ -286,7 +297,11 @@ def main():
     ap.add_argument("--steps", type=int, help="optimizer steps per run")
     ap.add_argument("--warmup", type=int, help="steps dropped at the start of each run")
     ap.add_argument("--micro", type=int, help="per_device_train_batch_size (completions per micro-batch)")
+    ap.add_argument("--prompt", choices=sorted(PROMPTS), default="r1", help="prompt template (short ~22 tokens, r1 ~237)")
+    ap.add_argument("--completion", type=int, help="completion tokens (max_completion_length, always generated in full)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--cpu_threads", type=int, default=0,
+                    help="r1kit's cpu_threads (0, its default: adapt to the free cores before each step)")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--rows", type=int, default=512, help="arithmetic rows in the dataset")
     ap.add_argument("--only", choices=["r1kit", "trl"], help="run one side only")
@@ -300,6 +315,8 @@ def main():
     for k in ("rounds", "steps", "warmup", "micro"):
         if getattr(args, k) is None:
             setattr(args, k, W[k])
+    args.completion = args.completion or W["max_completion_length"]
+    W = dict(W, max_completion_length=args.completion)
     if args.worker:
         return worker(args)
 
@@ -308,7 +325,7 @@ def main():
                PYTHONWARNINGS="ignore")
     peak = matmul_peak(args.threads)
     folder = prepare_model(args.workload)
-    flops = workload_flops(folder, W)
+    flops = workload_flops(folder, W, args.prompt)
     print(f"machine: fp32 matmul peak {peak:.0f} GFLOP/s ({args.threads} threads, 2048^3 torch.mm, best of 3 s)")
     print(f"workload {args.workload}: {flops['params'] / 1e6:.2f}M params, {W['prompts']} prompts x "
           f"{W['generations']} completions x {W['max_completion_length']} tokens, prompt ~{flops['prompt_tokens']:.0f} "
@@ -325,7 +342,8 @@ def main():
             result = f.name
         cmd = [sys.executable, str(HERE), "--worker", side, "--result", result, "--workload", args.workload,
                "--steps", str(args.steps), "--micro", str(args.micro), "--threads", str(args.threads),
-               "--seed", str(args.seed), "--rows", str(args.rows), "--gc", args.gc]
+               "--seed", str(args.seed), "--rows", str(args.rows), "--gc", args.gc,
+               "--prompt", args.prompt, "--completion", str(args.completion), "--cpu_threads", str(args.cpu_threads)]
         t = time.perf_counter()
         p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         err = p.stderr.read()

@@ -62,6 +62,9 @@ class TrainingArgs:
     gradient_checkpointing: bool = field(False, help="Recompute each decoder layer's activations in backward instead "
                                                      "of storing them: much less memory for about one extra forward.")
     seed: int = field(42, help="Seed for data order, sampling and initialisation.")
+    cpu_threads: int = field(0, help="torch CPU threads when training on the CPU; 0 = adapt before every step to the "
+                                     "cores other processes leave free (all of them on an idle machine; at most "
+                                     "torch's thread count at the start).")
     distributed_strategy: str = field("auto", help=f"Multi-process data parallel: {one_of(STRATEGIES)} (auto: fsdp2 "
                                                    "when accelerate launch says FSDP/ZeRO-2/3, else ddp).")
 
@@ -81,6 +84,7 @@ class TrainingArgs:
         need(self, 0 <= self.warmup_ratio <= 1, "warmup_ratio", "must be in [0, 1]")
         need(self, self.max_steps != 0 and self.max_steps >= -1, "max_steps", "must be positive or -1")
         need(self, self.num_train_epochs > 0, "num_train_epochs", "must be > 0")
+        need(self, self.cpu_threads >= 0, "cpu_threads", "must be >= 0 (0 = adapt to the free cores)")
         need(self, self.logging_steps >= 1, "logging_steps", "must be >= 1")
         need(self, self.save_steps >= 0, "save_steps", "must be >= 0")
         need(self, self.save_total_limit is None or self.save_total_limit >= 1, "save_total_limit", "must be >= 1")

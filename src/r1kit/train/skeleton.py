@@ -44,6 +44,7 @@ from r1kit.train.tracking import Tracker, read_metrics
 from r1kit.train.trl_args import resolve_steps
 from r1kit.train.trl_semantics import notice_default_differences
 from r1kit.utils.dist import Runtime
+from r1kit.utils.threads import CpuThreads
 
 log = logging.getLogger("r1kit.train")
 
@@ -80,6 +81,8 @@ class TrainRun:
         self._full_is_current = True  # the fsdp2 full copy holds the latest weights
         self.in_flight: Callable[[], dict] | None = None  # this rank's data a resume after a checkpoint needs
         self.resumed_from: Path | None = None
+        # CPU runs: torch's threads follow the free cores (utils/threads.py); GPU runs leave torch alone
+        self.threads = CpuThreads(getattr(cfg, "cpu_threads", 0)) if self.device.type == "cpu" else None
         if self.rt.is_main:
             notice_default_differences(name, cfg)  # once per option: r1kit's default where TRL's differs
 
@@ -132,8 +135,12 @@ class TrainRun:
                         desc=self.name, dynamic_ncols=True)
 
     def steps(self) -> Iterator[int]:
-        """The steps (optimizer updates) still to run: 1..total_steps, or from the resumed step on."""
-        return iter(range(self.state.step + 1, self.total_steps + 1))
+        """The steps (optimizer updates) still to run: 1..total_steps, or from the resumed step on. Before each,
+        a CPU run re-chooses its thread count from the cores other processes leave free."""
+        for step in range(self.state.step + 1, self.total_steps + 1):
+            if self.threads is not None:
+                self.threads.adapt()
+            yield step
 
     def resumed_in_flight(self) -> dict | None:
         """This rank's `in_flight` data of the checkpoint the run resumed from, or None (no resume, or the
@@ -224,6 +231,8 @@ class TrainRun:
         `extra_files` (name -> JSON object) into output_dir. Returns output_dir."""
         self.bar.close()
         self.tracker.close()
+        if self.threads is not None:
+            self.threads.restore()
         full = self.full_model()
         if self.rt.is_main:
             save_model(full, self.tokenizer, self.out)

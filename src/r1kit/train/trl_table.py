@@ -44,7 +44,7 @@ _GROUP_OF = {name: group for group, names in {
     "rewards": "allow_unsandboxed max_reward_failure_fraction",
     "training": "learning_rate lr_scheduler_type warmup_ratio weight_decay adam_beta1 adam_beta2 max_grad_norm "
                 "max_steps num_train_epochs per_device_train_batch_size gradient_accumulation_steps "
-                "gradient_checkpointing seed distributed_strategy warmup_steps torch_compile",
+                "gradient_checkpointing seed cpu_threads distributed_strategy warmup_steps torch_compile",
     "logging": "output_dir save_steps save_total_limit logging_steps report_to resume_from_checkpoint disable_tqdm "
                "log_completions num_completions_to_print",
     "eval": "eval_steps",
