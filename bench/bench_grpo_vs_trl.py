@@ -49,6 +49,8 @@ WORKLOADS = {
     # 4.27M params: hidden 256, 4 layers, 4 heads (MHA), intermediate 1024 (= 4 x hidden), tied embeddings
     "tiny": dict(prompts=8, generations=8, max_completion_length=64, micro=16, steps=6, warmup=2, rounds=3),
     "smollm2": dict(prompts=4, generations=8, max_completion_length=64, micro=8, steps=3, warmup=1, rounds=1),
+    # the grid's SmolLM2 cells (up to 1024-token completions on the CPU): 2 prompts x 4 completions
+    "smollm2-small": dict(prompts=2, generations=4, max_completion_length=64, micro=4, steps=3, warmup=1, rounds=1),
 }
 LR = 1e-5
 
@@ -67,6 +69,8 @@ def digits(prompts, completions, **kwargs):
 
 
 def prepare_model(workload: str) -> Path:
+    if workload == "smollm2-small":
+        workload = "smollm2"  # the same model
     folder = CACHE / workload
     if (folder / "config.json").is_file():
         return folder
@@ -173,7 +177,7 @@ def run_r1kit(args, W, folder: Path, out_dir: Path, timer: PhaseTimer):
         gradient_accumulation_steps=W["prompts"] * W["generations"] // args.micro,
         learning_rate=LR, beta=0.0, loss_type="dapo", max_steps=args.steps, seed=args.seed,
         output_dir=str(out_dir), save_steps=0, log_completions=False, disable_tqdm=True, report_to=["none"],
-        max_reward_failure_fraction=None, max_prompt_length=4096,
+        max_reward_failure_fraction=None, max_prompt_length=512,
         gradient_checkpointing=args.gc in ("r1kit", "both"), cpu_threads=args.cpu_threads,
     )
     class Tracker(skeleton.Tracker):  # logs every step (logging_steps=1): close the step's phase record
@@ -241,7 +245,7 @@ def worker(args):
 
     torch.set_num_threads(args.threads)
     W = dict(WORKLOADS[args.workload], max_completion_length=args.completion)
-    folder = CACHE / args.workload
+    folder = prepare_model(args.workload)
     timer = PhaseTimer()
     with tempfile.TemporaryDirectory() as tmp:
         run = run_r1kit if args.worker == "r1kit" else run_trl

@@ -25,7 +25,6 @@ import torch
 log = logging.getLogger("r1kit.threads")
 
 _HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-_FIRST_WINDOW_S = 0.2  # the first decision measures this long (our process idle meanwhile)
 _MIN_WINDOW_S = 0.2  # shorter windows (a few 10 ms clock ticks) are too coarse: keep the last decision
 
 
@@ -97,8 +96,7 @@ class CpuThreads:
         elif _busy_ticks(self.cores) is None:
             self.fixed = torch.get_num_threads()  # no /proc: keep torch's choice
         else:
-            self._last = self._sample()
-            time.sleep(_FIRST_WINDOW_S)
+            self._last = self._sample()  # the first window: from here (model loading, ...) to the first step
 
     def _sample(self) -> tuple[float, int, int]:
         return time.monotonic(), _busy_ticks(self.cores) or 0, _own_ticks()
