@@ -6,7 +6,8 @@ import torch
 
 from r1kit.models.loading import enable_activation_checkpointing
 from r1kit.models.tiny import build_model, build_tokenizer
-from r1kit.train.batch import _can_share_prompts, _checkpointed_layers, collate, completion_logps
+from r1kit.train.batch import (_can_share_prompts, _checkpointed_layers, _flop_rates, _prompt_starts, choose_path,
+                               collate, completion_logps, shared_cost, unmasked_cost)
 
 
 
@@ -32,17 +33,20 @@ def test_prompt_sharing_and_checkpointing_equal_the_plain_forward(arch):
     tok = build_tokenizer()
     model = build_model(tok, arch=arch, num_kv_heads=2, seed=0).train()
     batch = _batch(tok)
-    plain = _run(model, batch, share_prompts=False)
-    shared = _run(model, batch)
+    plain = _run(model, batch, path="plain")
+    shared = _run(model, batch, path="shared")
+    unmasked = _run(model, batch, path="unmasked")  # the two prompt lengths run as two unmasked sub-batches
+    auto = _run(model, batch)
     enable_activation_checkpointing(model)
     try:
         assert _can_share_prompts(model, _checkpointed_layers(model))  # the shared path, not the fallback
-        ckpt = _run(model, batch)
-        ckpt_plain = _run(model, batch, share_prompts=False)
+        ckpt = _run(model, batch, path="shared")
+        ckpt_unmasked = _run(model, batch, path="unmasked")
+        ckpt_plain = _run(model, batch, path="plain")
     finally:
         model.activation_checkpointing_disable()
     assert plain[0].abs().sum() > 0 and len(plain[2]) == len(list(model.parameters()))
-    for other in (shared, ckpt, ckpt_plain):
+    for other in (shared, unmasked, auto, ckpt, ckpt_unmasked, ckpt_plain):
         assert torch.allclose(other[0], plain[0], atol=1e-5, rtol=0)
         assert torch.allclose(other[1], plain[1], atol=1e-5, rtol=0)
         assert other[2].keys() == plain[2].keys()
@@ -62,3 +66,32 @@ def test_no_prompt_sharing_where_checkpointed_layers_would_drop_the_cache(monkey
     # a transformers release without the keep-the-cache flag drops every cache in checkpointed layers
     monkeypatch.delattr(GradientCheckpointingLayer, "_can_checkpoint_with_cache")
     assert _checkpointed_layers(model) is None and not _can_share_prompts(model, None)
+
+
+def test_auto_path_shares_long_prompts_and_unmasks_long_completions():
+    tok = build_tokenizer()
+    model = build_model(tok, seed=0).train()
+    lin, pair = _flop_rates(model)
+    n = sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
+    cfg = model.config
+    assert lin == 2 * n and pair == 4 * cfg.num_hidden_layers * cfg.hidden_size
+    # one group of 8 rows, prompt 10 tokens, completion 4: the prompt once + 8 x 4 tokens against 14 keys,
+    # vs 8 rows of 14 tokens, causal (14 * 14 / 2 pairs each)
+    assert shared_cost(1, 8, 10, 4, lin, pair) == 10 * (lin + 10 * pair) + 8 * 4 * (lin + 14 * pair)
+    starts = torch.zeros(8, dtype=torch.long)
+    assert unmasked_cost(starts, 10, 4, lin, pair) == 8 * (14 * lin + 14 * 14 / 2 * pair)
+
+    def choice(prompt_len, completion_len):
+        am = torch.ones(8, prompt_len + completion_len, dtype=torch.long)
+        groups = (torch.tensor([0]), torch.zeros(8, dtype=torch.long))  # one group of 8
+        return choose_path(model, am, prompt_len, completion_len, groups, [])
+
+    assert choice(240, 64) == "shared"  # R1-length prompt, short completions: run the prompt once
+    assert choice(24, 1024) == "unmasked"  # short prompt, long completions: skip half the attention
+    am = torch.ones(2, 6, dtype=torch.long)
+    am[0, 0] = 0  # a row whose prompt starts one column later
+    assert _prompt_starts(am[:, :3]).tolist() == [1, 0]
+    assert choose_path(model, am, 3, 3, None, [], path="shared") == "plain"  # no groups: cannot share
+    assert choose_path(model, am, 3, 3, None, []) == "unmasked"  # rows of each prompt length run unmasked
+    with pytest.raises(ValueError, match="path must be one of"):
+        choose_path(model, am, 3, 3, None, [], path="fast")

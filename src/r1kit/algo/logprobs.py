@@ -39,12 +39,21 @@ def _check(temperature: float, chunk_size: int) -> None:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
 
 
-def _scaled_fp32(chunk: Tensor, temperature: float) -> Tensor:
-    """fp32 copy of a [C, V] logits chunk divided by the temperature (new tensor; safe to mutate)."""
-    x = chunk.to(torch.float32, copy=True)  # [C, V]
-    if temperature != 1.0:
-        x.div_(temperature)  # [C, V]
-    return x  # [C, V]
+def _scaled_fp32(chunk: Tensor, temperature: float, buf: Tensor | None = None) -> Tensor:
+    """A [C, V] logits chunk in fp32 divided by the temperature, for reading only: the chunk itself when it
+    is already fp32 and tau = 1 (no copy), else written into `buf` (a reused [>=C, V] fp32 scratch) or a
+    new tensor."""
+    if chunk.dtype == torch.float32 and temperature == 1.0:
+        return chunk  # [C, V] (not mutated by any caller)
+    out = buf[: chunk.shape[0]] if buf is not None else torch.empty(chunk.shape, dtype=torch.float32,
+                                                                     device=chunk.device)  # [C, V]
+    out.copy_(chunk)  # [C, V] in fp32 (dividing first would round the quotient to the chunk's dtype)
+    return out.div_(temperature) if temperature != 1.0 else out  # [C, V]
+
+
+def _scratch(flat: Tensor, chunk_size: int) -> Tensor:
+    """One fp32 [min(chunk, R), V] buffer reused by every chunk (fresh big allocations page-fault each time)."""
+    return torch.empty(min(chunk_size, flat.shape[0]), flat.shape[1], dtype=torch.float32, device=flat.device)
 
 
 class _SelectiveLogSoftmax(torch.autograd.Function):
@@ -55,14 +64,19 @@ class _SelectiveLogSoftmax(torch.autograd.Function):
         out = torch.empty(flat.shape[0], dtype=torch.float32, device=logits.device)  # [R]
         lse = torch.empty_like(out)  # [R]
         ent = torch.empty_like(out) if with_entropy else out.new_empty(0)  # [R] or [0]
+        copy_buf = None if (flat.dtype == torch.float32 and temperature == 1.0) else _scratch(flat, chunk_size)
+        exp_buf = _scratch(flat, chunk_size)  # exp(z - max) of a chunk
         for s in range(0, flat.shape[0], chunk_size):
-            e = s + chunk_size
-            x = _scaled_fp32(flat[s:e], temperature)  # [C, V]
-            lse[s:e] = torch.logsumexp(x, dim=-1)  # [C]
+            e = min(s + chunk_size, flat.shape[0])
+            x = _scaled_fp32(flat[s:e], temperature, copy_buf)  # [C, V]
+            m = x.amax(dim=-1, keepdim=True)  # [C, 1] max, for a stable exp
+            ex = torch.sub(x, m, out=exp_buf[: e - s]).exp_()  # [C, V] exp(z - max)
+            z = ex.sum(dim=-1)  # [C] partition function / exp(max)
+            lse[s:e] = z.log() + m.squeeze(-1)  # [C] logsumexp
             out[s:e] = x.gather(-1, idx[s:e]).squeeze(-1) - lse[s:e]  # [C]
-            if with_entropy:  # H = lse - sum_v p_v z_v, from the same fp32 chunk (no second pass)
-                zp = x.sub(lse[s:e, None]).exp_().mul_(x)  # [C, V] p * z
-                ent[s:e] = lse[s:e] - zp.sum(dim=-1)  # [C]
+            if with_entropy:  # H = lse - sum_v p_v z_v = lse - (sum_v ex_v z_v) / sum_v ex_v
+                dot = ex.mul_(x).sum(dim=-1)  # [C] sum_v ex_v z_v (in place: ex is not needed again)
+                ent[s:e] = lse[s:e] - dot / z  # [C]
         ctx.save_for_backward(logits, index, lse)
         ctx.temperature = temperature
         ctx.chunk_size = chunk_size
@@ -75,16 +89,19 @@ class _SelectiveLogSoftmax(torch.autograd.Function):
         tau, chunk_size = ctx.temperature, ctx.chunk_size
         flat = logits.reshape(-1, logits.shape[-1])  # [R, V]
         idx = index.reshape(-1, 1)  # [R, 1]
-        g = grad_out.reshape(-1, 1).to(torch.float32)  # [R, 1]
+        g = grad_out.reshape(-1, 1).to(torch.float32) / tau  # [R, 1] d logp / d (z / tau) scaled back to z
         grad = torch.empty(flat.shape, dtype=logits.dtype, device=logits.device)  # [R, V]
+        fp32 = logits.dtype == torch.float32
+        buf = None if fp32 and tau == 1.0 else _scratch(flat, chunk_size)
         for s in range(0, flat.shape[0], chunk_size):
-            e = s + chunk_size
-            p = _scaled_fp32(flat[s:e], tau).sub_(lse[s:e, None]).exp_()  # [C, V] softmax
+            e = min(s + chunk_size, flat.shape[0])
+            x = _scaled_fp32(flat[s:e], tau, buf)  # [C, V] z / tau (the chunk itself, or buf)
+            # softmax, written straight into the gradient's rows when they are fp32 (else into buf, in place)
+            p = torch.sub(x, lse[s:e, None], out=grad[s:e] if fp32 else x).exp_()  # [C, V] softmax(z / tau)
             gc = p.mul_(-g[s:e])  # [C, V] -g * softmax
             gc.scatter_add_(-1, idx[s:e], g[s:e])  # [C, V] + g * onehot(y)
-            if tau != 1.0:
-                gc.div_(tau)  # [C, V]
-            grad[s:e] = gc  # [C, V] cast to the logits' dtype
+            if not fp32:
+                grad[s:e] = gc  # [C, V] cast to the logits' dtype
         return grad.view(logits.shape), None, None, None, None  # [B, T, V]
 
 

@@ -153,8 +153,61 @@ def _can_share_prompts(model, checkpointed: list | None) -> bool:
         not getattr(cfg, "use_sliding_window", False) and checkpointed is not None
 
 
+def _prompt_starts(am_prompt: torch.Tensor) -> torch.Tensor:
+    """[B] the first live prompt column of each row ([B, P] mask; P for a row with no prompt)."""
+    live = am_prompt.bool()  # [B, P]
+    return torch.where(live.any(1), live.long().argmax(1), torch.full_like(live[:, 0], live.shape[1], dtype=torch.long))
+
+
+def _flop_rates(model) -> tuple[float, float]:
+    """(FLOPs per token of the decoder's linear layers, FLOPs per attended (query, key) pair): 2 x the
+    non-embedding parameters, and 4 x layers x hidden size (q.k and p.v). Only compared between paths."""
+    cfg = getattr(model, "config", None)
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    n = sum(p.numel() for p in model.parameters()) - (emb.weight.numel() if emb is not None else 0)
+    layers, hidden = getattr(cfg, "num_hidden_layers", 1) or 1, getattr(cfg, "hidden_size", 1) or 1
+    return 2.0 * n, 4.0 * layers * hidden
+
+
+def shared_cost(groups: int, rows: int, P: int, T: int, lin: float, pair: float) -> float:
+    """Estimated FLOPs of the prompt-shared forward: each group's prompt once (masked: every (query, key)
+    pair of the P x P square), then every row's T completion tokens against P + T keys (masked: the whole
+    rectangle, as the kernel cannot skip blocks under an explicit mask)."""
+    return groups * P * (lin + P * pair) + rows * T * (lin + (P + T) * pair)
+
+
+def unmasked_cost(starts: torch.Tensor, P: int, T: int, lin: float, pair: float) -> float:
+    """Estimated FLOPs of the unmasked forward: each row's own prompt + completion, causal (half the square)."""
+    L = (P - starts).double() + T  # [B] tokens per row
+    return float((L * lin + L * L / 2 * pair).sum())
+
+
+PATHS = ("auto", "shared", "unmasked", "plain")
+
+
+def choose_path(model, am: torch.Tensor, P: int, T: int, groups, checkpointed, path: str = "auto") -> str:
+    """Which exact forward runs a micro-batch ([B, P + T] mask, prompt columns first): `path` when it can run
+    here, and for "auto" the cheaper of "shared" and "unmasked" by `shared_cost` / `unmasked_cost`; "plain"
+    (one masked forward over every row) where neither can run."""
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+    starts = _prompt_starts(am[:, :P])  # [B]
+    can_share = groups is not None and _can_share_prompts(model, checkpointed)
+    can_unmask = P > 0 and bool((starts < P).all()) and \
+        not getattr(getattr(model, "config", None), "is_encoder_decoder", False)
+    if path == "auto" and can_share and can_unmask:
+        lin, pair = _flop_rates(model)
+        return "shared" if shared_cost(len(groups[0]), am.shape[0], P, T, lin, pair) <= \
+            unmasked_cost(starts, P, T, lin, pair) else "unmasked"
+    if path in ("auto", "shared") and can_share:
+        return "shared"
+    if path in ("auto", "unmasked") and can_unmask:
+        return "unmasked"
+    return "plain"
+
+
 def completion_logps(model, batch: Batch, temperature: float = 1.0, with_entropy: bool = False,
-                     share_prompts: bool = True):
+                     path: str = "auto"):
     """Per-token log-probs of the completion tokens (and optionally entropies), each [B, T].
 
     Logits are divided by `temperature`, as in sampling, so the ratio pi_theta / pi_old compares
@@ -165,7 +218,11 @@ def completion_logps(model, batch: Batch, temperature: float = 1.0, with_entropy
       and completion columns past its longest completion are not run (zeros are returned there);
     - the last completion token is never fed (its output predicts nothing we score), so the logits
       are exactly [b, T, V], contiguous: no strided copy before the log-softmax;
-    - `share_prompts`: rows that repeat the previous row's prompt (a GRPO group) share ONE prompt
+    - `path` "auto": the cheaper of two exact ways by an estimate of their FLOPs for this micro-batch
+      (`choose_path`): "shared" or "unmasked" (below); "plain" is one masked forward over every row;
+    - "unmasked": rows of equal prompt length run together with no attention mask, so the attention
+      kernel skips the blocks above the diagonal (long completions after short prompts);
+    - "shared": rows that repeat the previous row's prompt (a GRPO group) share ONE prompt
       forward: the unique prompts run once with a KV cache, the cache is repeated to the rows, and
       the completions run on top of it. Gradients flow back through the shared cache (summed over
       the group, as in the per-row forward). With G completions per prompt this removes (G-1)/G of
@@ -193,9 +250,10 @@ def completion_logps(model, batch: Batch, temperature: float = 1.0, with_entropy
             return lp, ent.detach()
         return selective_log_softmax(logits, index, temperature=t, chunk_size=chunk), None
 
-    groups = _prompt_groups(ids[:, :P2], am[:, :P2]) if share_prompts and P2 > 0 and B > 1 else None
+    groups = _prompt_groups(ids[:, :P2], am[:, :P2]) if P2 > 0 and B > 1 else None
     checkpointed = _checkpointed_layers(model)
-    if groups is not None and _can_share_prompts(model, checkpointed):
+    chosen = choose_path(model, am, P2, Tk, groups, checkpointed, path)
+    if chosen == "shared":
         starts, row_group = groups
         with _cache_ok_under_checkpointing(checkpointed):
             cache = Cache(layer_class_to_replicate=_ReplaySafeLayer)  # filled with the prompts' keys/values
@@ -217,6 +275,20 @@ def completion_logps(model, batch: Batch, temperature: float = 1.0, with_entropy
             entropy = torch.cat([ent0, ent1], 1) if with_entropy else None
         else:
             logps, entropy = lp0, ent0
+    elif chosen == "unmasked":
+        # rows with the same prompt length run together with no attention mask at all: their only padding
+        # is at the completions' right end, which causal attention keeps out of every scored position, so
+        # the attention kernel may skip the blocks above the diagonal (about half its work on long rows)
+        parts, order, starts = [], [], _prompt_starts(am[:, :P2])  # [B]
+        for start in torch.unique(starts).tolist():
+            sel = (starts == start).nonzero().squeeze(1)  # [b] rows whose prompt starts at this column
+            out = model(input_ids=ids[sel, start:-1], attention_mask=None, position_ids=pos[sel, start:-1],
+                        logits_to_keep=Tk, use_cache=False)
+            parts.append(score(out.logits, targets[sel]))  # [b, Tk] x 2
+            order.append(sel)
+        back = torch.argsort(torch.cat(order))  # [B] rows back to the batch's order
+        logps = torch.cat([lp for lp, _ in parts])[back]  # [B, Tk]
+        entropy = torch.cat([e for _, e in parts])[back] if with_entropy else None
     else:
         out = model(input_ids=ids[:, :-1], attention_mask=am[:, :-1], position_ids=pos[:, :-1],
                     logits_to_keep=Tk, use_cache=False)
