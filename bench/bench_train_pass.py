@@ -100,14 +100,14 @@ def main():
         for prompt in args.prompts:
             for completion in args.completions:
                 batch = make_batch(tok, prompt, completion, rows, group, model.config.vocab_size)
-                times = {v: [] for v in variants}
-                repeats = args.repeats if completion < 1024 or name == "tiny" else 1
-                for r in range(repeats + (1 if completion < 1024 or name == "tiny" else 0)):
-                    order = variants if r % 2 == 0 else variants[::-1]
-                    for v in order:
-                        times[v].append(time_variant(model, batch, v))
-                    if r == 0 and repeats > 1:  # warm-up round
+                times: dict[str, list] = {}
+                warm = completion < 1024 or name == "tiny"  # SmolLM2 at 1024 tokens: no warm-up round (minutes)
+                repeats = args.repeats if warm else 1
+                for r in range(repeats + warm):
+                    if warm and r == 1:  # drop the warm-up round
                         times = {v: [] for v in variants}
+                    for v in (variants if r % 2 == 0 else variants[::-1]):
+                        times.setdefault(v, []).append(time_variant(model, batch, v))
                 tot = {v: statistics.median(f + b for f, b in times[v]) for v in variants}
                 fwd = {v: statistics.median(f for f, _ in times[v]) for v in variants}
                 cells = " | ".join(f"{tot[v]:.3f} ({fwd[v]:.3f} + {tot[v] - fwd[v]:.3f})" for v in variants)

@@ -39,11 +39,15 @@ def _check(temperature: float, chunk_size: int) -> None:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
 
 
+def _read_in_place(logits: Tensor, temperature: float) -> bool:
+    """Whether chunks of these logits are already z / tau in fp32 (read as they are, never copied)."""
+    return logits.dtype == torch.float32 and temperature == 1.0
+
+
 def _scaled_fp32(chunk: Tensor, temperature: float, buf: Tensor | None = None) -> Tensor:
-    """A [C, V] logits chunk in fp32 divided by the temperature, for reading only: the chunk itself when it
-    is already fp32 and tau = 1 (no copy), else written into `buf` (a reused [>=C, V] fp32 scratch) or a
-    new tensor."""
-    if chunk.dtype == torch.float32 and temperature == 1.0:
+    """A [C, V] logits chunk in fp32 divided by the temperature, for reading only: the chunk itself when
+    `_read_in_place` (no copy), else written into `buf` (a reused [>=C, V] fp32 scratch) or a new tensor."""
+    if _read_in_place(chunk, temperature):
         return chunk  # [C, V] (not mutated by any caller)
     out = buf[: chunk.shape[0]] if buf is not None else torch.empty(chunk.shape, dtype=torch.float32,
                                                                      device=chunk.device)  # [C, V]
@@ -56,6 +60,11 @@ def _scratch(flat: Tensor, chunk_size: int) -> Tensor:
     return torch.empty(min(chunk_size, flat.shape[0]), flat.shape[1], dtype=torch.float32, device=flat.device)
 
 
+def _copy_scratch(flat: Tensor, temperature: float, chunk_size: int) -> Tensor | None:
+    """The scratch `_scaled_fp32` writes each chunk's z / tau into, or None when chunks are read in place."""
+    return None if _read_in_place(flat, temperature) else _scratch(flat, chunk_size)
+
+
 class _SelectiveLogSoftmax(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: Tensor, index: Tensor, temperature: float, chunk_size: int, with_entropy: bool):
@@ -64,7 +73,7 @@ class _SelectiveLogSoftmax(torch.autograd.Function):
         out = torch.empty(flat.shape[0], dtype=torch.float32, device=logits.device)  # [R]
         lse = torch.empty_like(out)  # [R]
         ent = torch.empty_like(out) if with_entropy else out.new_empty(0)  # [R] or [0]
-        copy_buf = None if (flat.dtype == torch.float32 and temperature == 1.0) else _scratch(flat, chunk_size)
+        copy_buf = _copy_scratch(flat, temperature, chunk_size)
         exp_buf = _scratch(flat, chunk_size)  # exp(z - max) of a chunk
         for s in range(0, flat.shape[0], chunk_size):
             e = min(s + chunk_size, flat.shape[0])
@@ -92,7 +101,7 @@ class _SelectiveLogSoftmax(torch.autograd.Function):
         g = grad_out.reshape(-1, 1).to(torch.float32) / tau  # [R, 1] d logp / d (z / tau) scaled back to z
         grad = torch.empty(flat.shape, dtype=logits.dtype, device=logits.device)  # [R, V]
         fp32 = logits.dtype == torch.float32
-        buf = None if fp32 and tau == 1.0 else _scratch(flat, chunk_size)
+        buf = _copy_scratch(flat, tau, chunk_size)
         for s in range(0, flat.shape[0], chunk_size):
             e = min(s + chunk_size, flat.shape[0])
             x = _scaled_fp32(flat[s:e], tau, buf)  # [C, V] z / tau (the chunk itself, or buf)

@@ -89,7 +89,6 @@ class CpuThreads:
         self.fixed = fixed
         self.initial = torch.get_num_threads()  # the user's (or torch's default) setting, restored at the end
         self.max_threads = max_threads or min(len(self.cores), self.initial)
-        self.history: list[int] = []  # threads chosen at each adapt()
         self._last = None
         if fixed > 0:
             torch.set_num_threads(fixed)
@@ -124,7 +123,6 @@ class CpuThreads:
                 log.info("CPU threads %d -> %d (other processes busy on %.1f of %d cores)",
                          torch.get_num_threads(), n, others, len(self.cores))
                 torch.set_num_threads(n)
-        self.history.append(n)
         return n
 
     def restore(self) -> None:
