@@ -139,3 +139,23 @@ def test_non_finite_gradient_leaves_adam_moments_alone():
     assert all(torch.isfinite(v).all() for s in state_after.values() for v in s.values() if torch.is_tensor(v))
     assert scheduler.get_last_lr()[0] == pytest.approx(lr - LR / 10)  # advanced one step of the linear decay
     assert all(p.grad is None for p in layer.parameters())
+
+
+def test_default_is_torchs_fused_adamw_and_takes_the_same_steps_as_adamw_torch():
+    """The default (adamw_torch_fused, as in transformers) runs torch's fused kernel on CPU; `optim: adamw_torch`
+    the multi-tensor one. Both are AdamW: after five steps with weight decay on the same gradients the
+    weights agree to fp32 rounding."""
+    torch.manual_seed(0)
+    layers = [torch.nn.Linear(16, 8) for _ in range(2)]
+    layers[1].load_state_dict(layers[0].state_dict())
+    fused, _ = make_optimizer(layers[0].parameters(), config(weight_decay=0.1), optimizer_steps=5)
+    plain, _ = make_optimizer(layers[1].parameters(), config(weight_decay=0.1, optim="adamw_torch"), optimizer_steps=5)
+    assert fused.defaults["fused"] and not plain.defaults.get("fused")
+    for _ in range(5):
+        x = torch.randn(4, 16)
+        for layer, opt in zip(layers, (fused, plain)):
+            (layer(x) ** 2).sum().backward()
+            opt.step()
+            opt.zero_grad()
+    for a, b in zip(layers[0].parameters(), layers[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -34,7 +34,7 @@ MAPPED, WARNED = "mapped", "warned"
 STRATEGIES = ("no", "steps", "epoch")
 HUB_STRATEGIES = ("end", "every_save", "checkpoint", "all_checkpoints")
 LOG_LEVELS = ("passive", "debug", "info", "warning", "error", "critical")
-ADAMW = ("adamw_torch", "adamw_torch_fused")  # torch.optim.AdamW (fused on CUDA)
+ADAMW = ("adamw_torch", "adamw_torch_fused")  # torch.optim.AdamW (multi-tensor, fused)
 # The same AdamW update in another precision, memory layout or device: r1kit trains with plain AdamW instead.
 ADAMW_VARIANTS = ("adamw_torch_xla", "adamw_torch_npu_fused", "adamw_anyprecision", "adamw_torch_4bit",
                   "adamw_torch_8bit", "adamw_bnb_8bit", "adamw_8bit", "paged_adamw_32bit", "paged_adamw_8bit")
@@ -89,9 +89,10 @@ class TRLArgs:
                                                       "warning, r1kit has no mixed precision); false: float32.")
     fp16: bool | None = trl(None, MAPPED, "training", "true: dtype float16, trained as is, with a warning (TRL keeps "
                                                       "float32 master weights and scales the loss; bf16 is safer).")
-    optim: str = trl("adamw_torch", MAPPED, "training", "adamw_torch, adamw_torch_fused: AdamW (fused on CUDA); "
-                                                        "another AdamW (8-bit, paged...): a warning, then AdamW; "
-                                                        "another optimizer: an error.")
+    optim: str = trl("adamw_torch_fused", MAPPED, "training", "adamw_torch_fused: AdamW, fused kernel where torch has "
+                                                              "one (CPU, CUDA); adamw_torch: AdamW, multi-tensor; "
+                                                              "another AdamW (8-bit, paged...): a warning, then "
+                                                              "AdamW; another optimizer: an error.")
     lr_scheduler_kwargs: dict | None = trl(None, MAPPED, "training", "The schedule's own options, e.g. {min_lr_rate: "
                                                                      "0.1} for cosine_with_min_lr (transformers' "
                                                                      "get_scheduler).")
