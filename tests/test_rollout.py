@@ -120,10 +120,15 @@ def test_sampled_logprobs_match_full_forward(tok, prompts, arch, backend):
         assert torch.allclose(torch.tensor(c.logprobs), ref, atol=1e-5, rtol=0), (c.logprobs, ref)
 
 
+@pytest.mark.parametrize("cache", ["shared", "private"])
 @pytest.mark.parametrize("arch", ["qwen2", "llama"])
-def test_shared_prompt_cache_with_compaction_matches_full_forward(tok, prompts, arch):
-    # n samples share one prompt cache; rows finish (EOS) at different steps and leave the batch, so
-    # the row -> (prompt, slot) map is exercised after compaction; GQA folds 2 query heads per kv head
+def test_shared_prompt_cache_with_compaction_matches_full_forward(tok, prompts, arch, cache, monkeypatch):
+    # n samples share one prompt cache (or each row holds a copy of it: "private"); rows finish (EOS) at
+    # different steps and leave the batch, so the row -> (prompt, slot) map and the private pad biases are
+    # exercised after compaction; GQA folds 2 query heads per kv head
+    from r1kit.rollout.fast_decoder import FastDecoder
+
+    monkeypatch.setattr(FastDecoder, "cache", cache)
     model = _model(tok, arch=arch, num_kv_heads=2)
     handle = _eos_bias(model, tok, 3.0)
     try:
@@ -242,6 +247,16 @@ def test_train_mode_restored_and_update_weights(tok, prompts):
         for p in other.parameters():
             p.mul_(1.5)
     assert [c.completion_ids for c in eng.generate(prompts, params)] == _reference_greedy(other, tok, prompts, 6)
+
+
+def test_private_cache_rule():
+    from r1kit.rollout.fast_decoder import FastDecoder
+
+    # copies add (n - 1) x N x P prompt reads per step; private when that is <= B x M / 2 (B = N x n)
+    assert FastDecoder.private_cache(8, 8, 24, 64)  # 7 x 8 x 24 = 1344 <= 64 x 64 / 2 = 2048
+    assert not FastDecoder.private_cache(8, 8, 240, 256)  # 13440 > 64 x 256 / 2 = 8192
+    assert FastDecoder.private_cache(8, 8, 240, 1024)  # 13440 <= 32768
+    assert FastDecoder.private_cache(4, 1, 500, 1)  # one sample per prompt: nothing to share
 
 
 def test_peft_lora_model_uses_adapters(tok, prompts):
