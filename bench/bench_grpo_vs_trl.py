@@ -19,8 +19,9 @@ the LM head matmul), L layers, d hidden size. The same FLOP count is used for bo
 
 Equal work: both sides generate exactly `max_completion_length` tokens per completion. TRL gets
 `generation_kwargs={"min_new_tokens": M}` (EOS masked until M tokens); r1kit's engine is built with
-no EOS ids (the random tiny model samples EOS with p ~ 1/300 per token; it then just continues, so
-every r1kit completion is M tokens too). Prompts: `r1kit:arithmetic` rows rendered with the r1_zero
+no EOS ids and its sampler sees the EOS logits at -inf, as TRL's does, so every r1kit completion is M
+tokens of the same distribution too (SmolLM2 samples its EOS often: unmasked, the rest of the text
+after it differs and so do the rewards). Prompts: `r1kit:arithmetic` rows rendered with the r1_zero
 template, the same rows on both sides (each side's own sampler picks the order). Rewards: r1kit's
 `accuracy` and `format` plus `digits` (fraction of digit characters: cheap and varied, so a random
 model gets non-zero advantages) on both sides.
@@ -143,6 +144,20 @@ def common_rows(n_rows: int, tokenizer, prompt: str = "r1"):
     return [render_prompt(p, tokenizer, PROMPTS[prompt]) for p in ds["prompt"]], list(ds["solution"])
 
 
+def tokenizer_eos_ids(folder: Path):
+    """The EOS ids TRL's min_new_tokens masks: the generation config's, else the tokenizer's."""
+    import torch
+    from transformers import AutoTokenizer, GenerationConfig
+
+    try:
+        eos = GenerationConfig.from_pretrained(folder).eos_token_id
+    except OSError:
+        eos = None
+    if eos is None:
+        eos = AutoTokenizer.from_pretrained(folder).eos_token_id
+    return torch.tensor([eos] if isinstance(eos, int) else list(eos), dtype=torch.long)
+
+
 def run_r1kit(args, W, folder: Path, out_dir: Path, timer: PhaseTimer):
     import torch
 
@@ -150,6 +165,16 @@ def run_r1kit(args, W, folder: Path, out_dir: Path, timer: PhaseTimer):
     from r1kit.train.grpo_config import GRPOConfig
 
     orig_make_engine = grpo.make_engine
+
+    import r1kit.rollout.hf as hf_engine
+
+    eos = tokenizer_eos_ids(folder)
+    orig_sample = hf_engine.sample
+
+    def sample_without_eos(logits, params, gen):  # TRL's min_new_tokens = M: EOS never drawn
+        return orig_sample(logits.index_fill(1, eos, float("-inf")), params, gen)
+
+    hf_engine.sample = sample_without_eos
 
     def make_engine(name, model, tokenizer, **kw):
         eng = orig_make_engine(name, model, tokenizer, eos_token_ids=(), **kw)  # no EOS: always M tokens
