@@ -5,8 +5,8 @@ Pipeline for `generate(prompt_ids, params)`:
 1. The unique prompts are left-padded into one batch; position ids start at 0 at each row's first
    real token. The prompts are prefilled ONCE; their last logits are repeated `n` times (rows
    grouped contiguously: prompt 0's n completions first) and, in the fast decoder, the n samples of
-   a prompt read its one KV cache (shared-prefix attention), or, where the prompt is short next to
-   the completions, each row gets a copy of it once (`FastDecoder.private_cache`).
+   a prompt read its one KV cache (shared-prefix attention); `FastDecoder.cache` can instead give
+   each row a copy of it once, where the prompt is short next to the completions.
 2. Decode loop: sample from the last logits (`sampling.sample`), write the token into the rows'
    preallocated output buffer (`rows.Rows`), feed it back through the model with the KV cache.
    Everything per step is vectorised on the model's device; the host only looks at the batch every
