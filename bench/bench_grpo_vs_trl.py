@@ -144,20 +144,6 @@ def common_rows(n_rows: int, tokenizer, prompt: str = "r1"):
     return [render_prompt(p, tokenizer, PROMPTS[prompt]) for p in ds["prompt"]], list(ds["solution"])
 
 
-def tokenizer_eos_ids(folder: Path):
-    """The EOS ids TRL's min_new_tokens masks: the generation config's, else the tokenizer's."""
-    import torch
-    from transformers import AutoTokenizer, GenerationConfig
-
-    try:
-        eos = GenerationConfig.from_pretrained(folder).eos_token_id
-    except OSError:
-        eos = None
-    if eos is None:
-        eos = AutoTokenizer.from_pretrained(folder).eos_token_id
-    return torch.tensor([eos] if isinstance(eos, int) else list(eos), dtype=torch.long)
-
-
 def run_r1kit(args, W, folder: Path, out_dir: Path, timer: PhaseTimer):
     import torch
 
@@ -168,15 +154,16 @@ def run_r1kit(args, W, folder: Path, out_dir: Path, timer: PhaseTimer):
 
     import r1kit.rollout.hf as hf_engine
 
-    eos = tokenizer_eos_ids(folder)
-    orig_sample = hf_engine.sample
+    orig_sample, eos = hf_engine.sample, []
 
     def sample_without_eos(logits, params, gen):  # TRL's min_new_tokens = M: EOS never drawn
-        return orig_sample(logits.index_fill(1, eos, float("-inf")), params, gen)
+        return orig_sample(logits.index_fill(1, eos[0], float("-inf")), params, gen)
 
     hf_engine.sample = sample_without_eos
 
     def make_engine(name, model, tokenizer, **kw):
+        # the EOS ids TRL masks (the generation config's, else the tokenizer's), as the engine resolves them
+        eos[:] = [torch.tensor(hf_engine.HFEngine(model, tokenizer).eos_ids, dtype=torch.long)]
         eng = orig_make_engine(name, model, tokenizer, eos_token_ids=(), **kw)  # no EOS: always M tokens
         eng.generate = timer.wrap(eng.generate, "generate")
         return eng
