@@ -3,11 +3,14 @@
 On one micro-batch shaped like a grid cell (bench_grid.py: the cell's real prompts, left-padded, under its
 template; random completion tokens of the full length), interleaved repeats of:
 
-  auto     r1kit's default: "shared" or "unmasked", whichever its FLOP estimate finds cheaper
+  auto     r1kit's default: "shared" or "unmasked", whichever its FLOP estimate finds cheaper, and the
+           LM head fused into the log-softmax where the logits would be big (`fuse_pays`)
+  fused    auto's path with the head always fused (log-probs from the hidden states, no [b, T, V] logits)
   shared   each group's prompt runs once with a KV cache, the completions on top of it
   unmasked rows of equal prompt length without an attention mask (the kernel skips above the diagonal)
   plain    one masked forward over [prompt | completion]
-           (all four: log-probs and entropy from the chunked selective log-softmax, algo/logprobs.py)
+           (shared / unmasked / plain: log-probs and entropy from the logits by the chunked selective
+           log-softmax, algo/logprobs.py)
   hf       TRL's recipe: one forward over [prompt | completion] keeping T+1 logits, then a full fp32
            log_softmax + gather and the entropy from a full softmax
 
@@ -65,8 +68,10 @@ def time_variant(model, batch, variant: str) -> tuple[float, float]:
     t0 = time.perf_counter()
     if variant == "hf":
         lp, _ = hf_logps(model, batch)
+    elif variant in ("auto", "fused"):
+        lp, _ = completion_logps(model, batch, 1.0, with_entropy=True, path="auto", head=variant)
     else:
-        lp, _ = completion_logps(model, batch, 1.0, with_entropy=True, path=variant)
+        lp, _ = completion_logps(model, batch, 1.0, with_entropy=True, path=variant, head="logits")
     t1 = time.perf_counter()
     (lp * batch.completion_mask).sum().backward()
     t2 = time.perf_counter()
@@ -87,7 +92,7 @@ def main():
 
     from r1kit.train.batch import _checkpointed_layers, _prompt_groups, choose_path
 
-    variants = ["auto", "shared", "unmasked", "plain", "hf"]
+    variants = ["auto", "fused", "shared", "unmasked", "plain", "hf"]
     print("| model | prompt | completion | rows | auto picks | " + " | ".join(f"{v} s (fwd + bwd)" for v in variants)
           + " | auto / plain | best / plain | hf / plain |")
     print("|---" * (len(variants) + 8) + "|")

@@ -8,6 +8,7 @@ import torch
 from r1kit.algo import (
     AGGREGATIONS,
     entropy_from_logits,
+    linear_selective_log_softmax,
     group_advantages,
     kl_estimate,
     loss_normalizer,
@@ -347,6 +348,74 @@ def test_selective_log_softmax_bf16(chunk):
     assert got.dtype == torch.float32 and gg.dtype == torch.bfloat16
     close(got, want, tol=1e-5)
     torch.testing.assert_close(gg.float(), gw.float(), rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 21, 4096])  # rows = 3*7 = 21
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_linear_selective_log_softmax_equals_the_logits_path(chunk, temperature):
+    g = torch.Generator().manual_seed(7)
+    hidden = torch.randn(3, 7, 5, generator=g).requires_grad_()
+    weight = torch.randn(11, 5, generator=g).requires_grad_()
+    bias = torch.randn(11, generator=g).requires_grad_()
+    ids = torch.randint(0, 11, (3, 7), generator=g)
+    up = torch.randn(3, 7, generator=g)
+    lp, ent = linear_selective_log_softmax(hidden, weight, ids, bias, temperature, chunk, with_entropy=True)
+    got = torch.autograd.grad((lp * up).sum(), (hidden, weight, bias))
+    logits = torch.nn.functional.linear(hidden, weight, bias)  # [3, 7, 11]
+    want = _ref_logp(logits, ids, temperature)
+    wanted = torch.autograd.grad((want * up).sum(), (hidden, weight, bias))
+    close(lp, want, tol=1e-5)
+    ref_lp = torch.log_softmax(logits.detach() / temperature, -1)
+    close(ent, -(ref_lp.exp() * ref_lp).sum(-1), tol=1e-5)  # H = -sum p log p
+    assert not ent.requires_grad
+    for a, b in zip(got, wanted):
+        close(a, b, tol=1e-5)
+    # a frozen head (LoRA): gradients for the hidden states only, the same ones
+    lp2, none = linear_selective_log_softmax(hidden, weight.detach(), ids, None, temperature, chunk)
+    assert none is None
+    (gh,) = torch.autograd.grad((lp2 * up).sum(), hidden)
+    (wh,) = torch.autograd.grad((_ref_logp(torch.nn.functional.linear(hidden, weight.detach()), ids, temperature)
+                                 * up).sum(), hidden)
+    close(gh, wh, tol=1e-5)
+
+
+def test_linear_selective_log_softmax_by_hand():
+    # h = [1, 0], W rows [1, 0], [0, 0], [-1, 0] -> logits [1, 0, -1]; logsumexp = log(e + 1 + 1/e) = 1.40761
+    # log p(y=0) = 1 - 1.40761 = -0.40761; d logp / d logits = onehot - softmax = [1 - 0.66524, -0.24473, -0.09003]
+    # d logp / d h = (onehot - p) @ W = [0.33476 * 1 + 0.09003 * 1, 0] = [0.42479, 0]
+    h = torch.tensor([[1.0, 0.0]], requires_grad=True)
+    w = torch.tensor([[1.0, 0.0], [0.0, 0.0], [-1.0, 0.0]], requires_grad=True)
+    lp, _ = linear_selective_log_softmax(h, w, torch.tensor([0]))
+    lp.sum().backward()
+    close(lp, [-0.40761], tol=1e-5)
+    close(h.grad, [[0.42479, 0.0]], tol=1e-5)
+    close(w.grad, [[0.33476, 0.0], [-0.24473, 0.0], [-0.09003, 0.0]], tol=1e-5)  # (onehot - p) outer h
+
+
+def test_linear_selective_log_softmax_bf16_head():
+    g = torch.Generator().manual_seed(8)
+    hidden = torch.randn(2, 9, 16, generator=g).bfloat16().requires_grad_()
+    weight = torch.randn(50, 16, generator=g).bfloat16().requires_grad_()
+    ids = torch.randint(0, 50, (2, 9), generator=g)
+    up = torch.randn(2, 9, generator=g)
+    lp, _ = linear_selective_log_softmax(hidden, weight, ids, temperature=0.6, chunk_size=4)
+    gh, gw = torch.autograd.grad((lp * up).sum(), (hidden, weight))
+    want = _ref_logp(torch.nn.functional.linear(hidden, weight), ids, 0.6)  # bf16 logits, fp32 softmax
+    wh, ww = torch.autograd.grad((want * up).sum(), (hidden, weight))
+    assert lp.dtype == torch.float32 and gh.dtype == gw.dtype == torch.bfloat16
+    close(lp, want, tol=1e-5)
+    for a, b in ((gh, wh), (gw, ww)):
+        torch.testing.assert_close(a.float(), b.float(), rtol=3e-2, atol=3e-2)
+
+
+def test_linear_selective_log_softmax_validation():
+    h, w, ids = torch.zeros(1, 2, 3), torch.zeros(5, 3), torch.zeros(1, 2, dtype=torch.long)
+    with pytest.raises(ValueError, match="temperature"):
+        linear_selective_log_softmax(h, w, ids, temperature=0.0)
+    with pytest.raises(ValueError, match="index shape"):
+        linear_selective_log_softmax(h, w, torch.zeros(1, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"weight shape \(5, 4\)"):
+        linear_selective_log_softmax(h, torch.zeros(5, 4), ids)
 
 
 def test_selective_log_softmax_validation():

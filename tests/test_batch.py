@@ -4,10 +4,13 @@ checkpointing give the plain per-row forward's log-probs, entropies and gradient
 import pytest
 import torch
 
+from r1kit.models.heads import plain_head
 from r1kit.models.loading import enable_activation_checkpointing
 from r1kit.models.tiny import build_model, build_tokenizer
-from r1kit.train.batch import (_can_share_prompts, _checkpointed_layers, _flop_rates, _prompt_starts, choose_path,
-                               collate, completion_logps, shared_cost, unmasked_cost)
+from r1kit.algo.linear_logprobs import FUSE_ABOVE
+from r1kit.train.batch import (_can_share_prompts, _checkpointed_layers, _flop_rates, _prompt_starts,
+                               choose_head, choose_path, collate, completion_logps, shared_cost,
+                               unmasked_cost)
 
 
 
@@ -33,20 +36,20 @@ def test_prompt_sharing_and_checkpointing_equal_the_plain_forward(arch):
     tok = build_tokenizer()
     model = build_model(tok, arch=arch, num_kv_heads=2, seed=0).train()
     batch = _batch(tok)
-    plain = _run(model, batch, path="plain")
-    shared = _run(model, batch, path="shared")
-    unmasked = _run(model, batch, path="unmasked")  # the two prompt lengths run as two unmasked sub-batches
-    auto = _run(model, batch)
+    plain = _run(model, batch, path="plain", head="logits")
+    assert choose_head(model, 40, "fused") is not None  # the fused head really runs below
+    others = [_run(model, batch, path=path, head=head) for path in ("plain", "shared", "unmasked")
+              for head in ("logits", "fused")][1:]  # the two prompt lengths run as two unmasked sub-batches
+    others.append(_run(model, batch))
     enable_activation_checkpointing(model)
     try:
         assert _can_share_prompts(model, _checkpointed_layers(model))  # the shared path, not the fallback
-        ckpt = _run(model, batch, path="shared")
-        ckpt_unmasked = _run(model, batch, path="unmasked")
-        ckpt_plain = _run(model, batch, path="plain")
+        others += [_run(model, batch, path=path, head=head) for path in ("shared", "unmasked", "plain")
+                   for head in ("logits", "fused")]
     finally:
         model.activation_checkpointing_disable()
     assert plain[0].abs().sum() > 0 and len(plain[2]) == len(list(model.parameters()))
-    for other in (shared, unmasked, auto, ckpt, ckpt_unmasked, ckpt_plain):
+    for other in others:
         assert torch.allclose(other[0], plain[0], atol=1e-5, rtol=0)
         assert torch.allclose(other[1], plain[1], atol=1e-5, rtol=0)
         assert other[2].keys() == plain[2].keys()
@@ -95,3 +98,28 @@ def test_auto_path_shares_long_prompts_and_unmasks_long_completions():
     assert choose_path(model, am, 3, 3, None, []) == "unmasked"  # rows of each prompt length run unmasked
     with pytest.raises(ValueError, match="path must be one of"):
         choose_path(model, am, 3, 3, None, [], path="fast")
+
+
+def test_fused_head_only_where_the_logits_are_exactly_the_heads_output():
+    tok = build_tokenizer()
+    model = build_model(tok, seed=0).train()
+    decoder, head = plain_head(model)
+    assert decoder is model.get_decoder() and head is model.get_output_embeddings()
+    V = head.weight.shape[0]
+    assert choose_head(model, 8, "logits") is None
+    assert choose_head(model, 8, "fused") is not None
+    # auto: only where one forward's logits would pass FUSE_ABOVE values
+    assert choose_head(model, FUSE_ABOVE // V, "auto") is None
+    assert choose_head(model, FUSE_ABOVE // V + 1, "auto") is not None
+    with pytest.raises(ValueError, match="head must be one of"):
+        choose_head(model, 8, "chunked")
+    # anything that hooks the forward (FSDP2 and DeepSpeed do) keeps the model's own forward
+    handle = model.register_forward_pre_hook(lambda *a: None)
+    assert plain_head(model) is None and choose_head(model, 10**9, "fused") is None
+    handle.remove()
+    handle = head.register_forward_hook(lambda *a: None)
+    assert plain_head(model) is None
+    handle.remove()
+    # a model family whose forward may scale or soft-cap its logits is never fused
+    model.config.model_type = "gemma2"
+    assert plain_head(model) is None

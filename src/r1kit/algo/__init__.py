@@ -7,6 +7,7 @@ from .advantages import SCALES, group_advantages, zero_std_groups
 from .aggregations import AGGREGATIONS, loss_normalizer
 from .drift import sampler_drift
 from .kl import KL_ESTIMATORS, LOG_RATIO_CLAMP, kl_estimate
+from .linear_logprobs import linear_selective_log_softmax
 from .logprobs import DEFAULT_CHUNK_SIZE, entropy_from_logits, masked_mean, selective_log_softmax
 from .loss import policy_loss
 from .sampler_correction import IS_MODES, sampler_correction_stats, sampler_correction_weights
@@ -41,6 +42,7 @@ __all__ = [
     "sampler_correction_weights",
     "sampler_drift",
     "sapo_surrogate",
+    "linear_selective_log_softmax",
     "selective_log_softmax",
     "zero_std_groups",
 ]

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from r1kit.algo.linear_logprobs import FUSED_CHUNK_ELEMENTS, fuse_pays  # the fused head (train.batch)
 from r1kit.algo.logprobs import CHUNK_ELEMENTS  # fp32 values per chunk of the chunked log-softmax
 from r1kit.diagnose.plan_shape import DTYPE_BYTES, ModelShape
+from r1kit.models.heads import PLAIN_HEAD_MODEL_TYPES
 from r1kit.rollout.fast_decoder import SUPPORTED_ARCHITECTURES as FAST_DECODER_TYPES  # the hf engine's fast path
 
 # Peak RSS of a CPU GRPO process besides the model, optimizer, activations and rollout buffers it
@@ -116,6 +118,17 @@ def chunk_bytes(m: ModelShape, rows: int) -> int:
     return min(rows, max(1, CHUNK_ELEMENTS // m.vocab)) * m.vocab * 4
 
 
+def head_bytes(m: ModelShape, u: "Setup", rows: int) -> tuple[int, int]:
+    """(logits, scratch) bytes of the log-probs of `rows` rows (train.batch.completion_logps): the logits
+    [rows, V] in the model's dtype and two fp32 chunks of the chunked log-softmax; or, where the trainer fuses
+    the head into the log-softmax (`plain_head` families, no FSDP2 hooks, `fuse_pays`), no logits and one
+    fp32 [C, V] chunk, plus in backward the head gradient's fp32 accumulator where it is not the dtype."""
+    if m.model_type in PLAIN_HEAD_MODEL_TYPES and u.strategy != "fsdp2" and fuse_pays(rows, m.vocab):
+        chunk = min(rows, max(1, FUSED_CHUNK_ELEMENTS // m.vocab)) * m.vocab * 4
+        return 0, chunk + (m.embedding * (4 - u.s) if u.lora_r == 0 else 0)
+    return rows * m.vocab * u.s, 2 * chunk_bytes(m, rows)
+
+
 def training_activations(m: ModelShape, u: Setup, checkpointing: bool, grads: int = 0,
                          grads_present: bool = False) -> dict[str, int]:
     """Peak bytes of one training micro-batch's forward + backward (train.batch.completion_logps), with the
@@ -125,7 +138,8 @@ def training_activations(m: ModelShape, u: Setup, checkpointing: bool, grads: in
     Held: the saved activations (`layer_saved` per layer and segment, the final norm's), the per-row prompt
     prefix and each layer's K/V that the prompt-shared forward's cache holds (for multi-head attention K/V
     are the very tensors sdpa saves; with grouped heads sdpa saves expanded copies, so the cache's are
-    extra), the logits [b, T, V] and, in backward, their gradient plus the log-softmax's fp32 chunks.
+    extra), the logits [b, T, V] and, in backward, their gradient plus the log-softmax's fp32 chunks (a
+    fused head: no logits, one chunk; `head_bytes`).
     Backward runs the completions' layers first, freeing each layer's activations as it allocates its
     gradients; it ends with the embedding's dense [V, d] gradient, summed into the tied LM head's (one more
     [V, d] tensor), while the prompt forward's activations are still held. With prompt sharing the layers run
@@ -150,8 +164,7 @@ def training_activations(m: ModelShape, u: Setup, checkpointing: bool, grads: in
         cache = L * kv * b * (P + T) if grouped or checkpointing else 0
         prompt_saved = prompt_held = 0
     one_layer = max(layer_saved(m, s, *x, lf) for x in seg)
-    logits = b * T * m.vocab * s
-    chunks = 2 * chunk_bytes(m, b * T)
+    logits, chunks = head_bytes(m, u, b * T)
     E = m.embedding * s if u.lora_r == 0 else 0  # the LM head's / embedding's weight gradient (LoRA: frozen)
     end_extra = 2 * E if m.tied else E  # the embedding's dense gradient (+ its sum into the tied head's)
     head_sum = E if grads_present else 0  # accumulating into an existing gradient: one more temporary
@@ -190,7 +203,7 @@ def inference_activations(m: ModelShape, u: Setup) -> int:
         cache = L * kv * (g * P + b * P + b * (P + T))
     else:
         layer, cache = layer_saved(m, s, b, P + T, P + T), 0
-    return layer + cache + b * T * m.vocab * s + 2 * chunk_bytes(m, b * T)
+    return layer + cache + sum(head_bytes(m, u, b * T))
 
 
 def rollout_memory(m: ModelShape, u: Setup) -> dict[str, int]:

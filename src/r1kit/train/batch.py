@@ -16,7 +16,9 @@ import torch
 from transformers.cache_utils import Cache, DynamicLayer
 from transformers.modeling_layers import GradientCheckpointingLayer
 
+from r1kit.algo.linear_logprobs import FUSED_CHUNK_ELEMENTS, fuse_pays, linear_selective_log_softmax
 from r1kit.algo.logprobs import chunk_rows, selective_log_softmax, selective_log_softmax_with_entropy
+from r1kit.models.heads import plain_head
 
 
 @dataclass
@@ -183,6 +185,21 @@ def unmasked_cost(starts: torch.Tensor, P: int, T: int, lin: float, pair: float)
 
 
 PATHS = ("auto", "shared", "unmasked", "plain")
+HEADS = ("auto", "fused", "logits")
+
+
+def choose_head(model, rows: int, head: str = "auto"):
+    """(decoder, lm_head) to take log-probs from the hidden states (`linear_selective_log_softmax`: no
+    [rows, V] logits or logit gradient in memory), or None to take them from the model's logits: `head`
+    "fused" where `plain_head` allows it, "logits" never, "auto" where `fuse_pays` (big logits)."""
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+    if head == "logits":
+        return None
+    parts = plain_head(model)
+    if parts is None or (head == "auto" and not fuse_pays(rows, parts[1].weight.shape[0])):
+        return None
+    return parts
 
 
 def choose_path(model, am: torch.Tensor, P: int, T: int, groups, checkpointed, path: str = "auto") -> str:
@@ -207,7 +224,7 @@ def choose_path(model, am: torch.Tensor, P: int, T: int, groups, checkpointed, p
 
 
 def completion_logps(model, batch: Batch, temperature: float = 1.0, with_entropy: bool = False,
-                     path: str = "auto"):
+                     path: str = "auto", head: str = "auto"):
     """Per-token log-probs of the completion tokens (and optionally entropies), each [B, T].
 
     Logits are divided by `temperature`, as in sampling, so the ratio pi_theta / pi_old compares
@@ -227,7 +244,9 @@ def completion_logps(model, batch: Batch, temperature: float = 1.0, with_entropy
       the completions run on top of it. Gradients flow back through the shared cache (summed over
       the group, as in the per-row forward). With G completions per prompt this removes (G-1)/G of
       the prompt tokens from the forward and backward;
-    - log-probs and entropy come from one chunked fp32 pass (`selective_log_softmax_with_entropy`).
+    - log-probs and entropy come from one chunked fp32 pass (`selective_log_softmax_with_entropy`); with
+      `head` "fused" (or "auto" on big logits, `choose_head`) that pass also runs the LM head on the
+      decoder's hidden states chunk by chunk, so the [b, n, V] logits never exist.
     """
     B, P = len(batch), batch.prompt_len
     T = batch.input_ids.shape[1] - P
@@ -244,7 +263,19 @@ def completion_logps(model, batch: Batch, temperature: float = 1.0, with_entropy
     vocab = getattr(getattr(model, "config", None), "vocab_size", None) or 1
     chunk = chunk_rows(vocab)
 
-    def score(logits, index):  # [b, n, V], [b, n] -> log-probs (and entropies) [b, n]
+    fused = choose_head(model, B * Tk, head)
+
+    def forward(keep: int, **kw):  # logits [b, n, V] of the last `keep` positions (0: all), or hidden [b, n, d]
+        if fused is None:
+            return model(**kw, logits_to_keep=keep).logits
+        hidden = fused[0](**kw).last_hidden_state  # [b, L, d]
+        return hidden[:, -keep:] if keep else hidden
+
+    def score(logits, index):  # [b, n, V] (or hidden [b, n, d]), [b, n] -> log-probs (and entropies) [b, n]
+        if fused is not None:
+            w, bias = fused[1].weight, fused[1].bias
+            lp, ent = linear_selective_log_softmax(logits, w, index, bias, t, chunk_rows(vocab, FUSED_CHUNK_ELEMENTS), with_entropy)
+            return lp, (ent.detach() if ent is not None else None)
         if with_entropy:
             lp, ent = selective_log_softmax_with_entropy(logits, index, temperature=t, chunk_size=chunk)
             return lp, ent.detach()
@@ -257,9 +288,9 @@ def completion_logps(model, batch: Batch, temperature: float = 1.0, with_entropy
         starts, row_group = groups
         with _cache_ok_under_checkpointing(checkpointed):
             cache = Cache(layer_class_to_replicate=_ReplaySafeLayer)  # filled with the prompts' keys/values
-            pout = model(input_ids=ids[starts, :P2], attention_mask=am[starts, :P2], position_ids=pos[starts, :P2],
-                         past_key_values=cache, use_cache=True, logits_to_keep=1)
-            first_logits = pout.logits[:, -1:, :].index_select(0, row_group)  # [B, 1, V] predicts token 0
+            pout = forward(1, input_ids=ids[starts, :P2], attention_mask=am[starts, :P2],
+                           position_ids=pos[starts, :P2], past_key_values=cache, use_cache=True)
+            first_logits = pout[:, -1:, :].index_select(0, row_group)  # [B, 1, V] predicts token 0
             lp0, ent0 = score(first_logits, targets[:, :1])
             if Tk > 1:
                 # every row gets its prompt's keys/values as a fixed prefix (differentiable: gradients
@@ -267,10 +298,10 @@ def completion_logps(model, batch: Batch, temperature: float = 1.0, with_entropy
                 rows = Cache(layers=[_ReplaySafeLayer((layer.keys.index_select(0, row_group),
                                                        layer.values.index_select(0, row_group)))
                                      for layer in cache.layers])
-                out = model(input_ids=ids[:, P2:-1], attention_mask=am[:, :-1], position_ids=pos[:, P2:-1],
-                            past_key_values=rows, use_cache=True, logits_to_keep=0)
+                out = forward(0, input_ids=ids[:, P2:-1], attention_mask=am[:, :-1], position_ids=pos[:, P2:-1],
+                              past_key_values=rows, use_cache=True)
         if Tk > 1:
-            lp1, ent1 = score(out.logits, targets[:, 1:])  # [B, Tk-1, V] -> [B, Tk-1]
+            lp1, ent1 = score(out, targets[:, 1:])  # [B, Tk-1, V] -> [B, Tk-1]
             logps = torch.cat([lp0, lp1], 1)
             entropy = torch.cat([ent0, ent1], 1) if with_entropy else None
         else:
@@ -282,17 +313,17 @@ def completion_logps(model, batch: Batch, temperature: float = 1.0, with_entropy
         parts, order, starts = [], [], _prompt_starts(am[:, :P2])  # [B]
         for start in torch.unique(starts).tolist():
             sel = (starts == start).nonzero().squeeze(1)  # [b] rows whose prompt starts at this column
-            out = model(input_ids=ids[sel, start:-1], attention_mask=None, position_ids=pos[sel, start:-1],
-                        logits_to_keep=Tk, use_cache=False)
-            parts.append(score(out.logits, targets[sel]))  # [b, Tk] x 2
+            out = forward(Tk, input_ids=ids[sel, start:-1], attention_mask=None, position_ids=pos[sel, start:-1],
+                          use_cache=False)
+            parts.append(score(out, targets[sel]))  # [b, Tk] x 2
             order.append(sel)
         back = torch.argsort(torch.cat(order))  # [B] rows back to the batch's order
         logps = torch.cat([lp for lp, _ in parts])[back]  # [B, Tk]
         entropy = torch.cat([e for _, e in parts])[back] if with_entropy else None
     else:
-        out = model(input_ids=ids[:, :-1], attention_mask=am[:, :-1], position_ids=pos[:, :-1],
-                    logits_to_keep=Tk, use_cache=False)
-        logps, entropy = score(out.logits, targets)  # logits [B, Tk, V]: position t predicts token t
+        out = forward(Tk, input_ids=ids[:, :-1], attention_mask=am[:, :-1], position_ids=pos[:, :-1],
+                      use_cache=False)
+        logps, entropy = score(out, targets)  # logits [B, Tk, V]: position t predicts token t
     if Tk < T:  # back to the batch's width; the trimmed columns are outside every mask
         logps = torch.nn.functional.pad(logps, (0, T - Tk))
         entropy = torch.nn.functional.pad(entropy, (0, T - Tk)) if entropy is not None else None
