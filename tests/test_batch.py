@@ -123,3 +123,42 @@ def test_fused_head_only_where_the_logits_are_exactly_the_heads_output():
     # a model family whose forward may scale or soft-cap its logits is never fused
     model.config.model_type = "gemma2"
     assert plain_head(model) is None
+
+
+def test_the_cache_goes_by_the_keyword_the_model_names():
+    import warnings
+
+    from r1kit.models.loading import cache_kwarg
+
+    tok = build_tokenizer()
+    model = build_model(tok, seed=0).train()
+    want = "cache" if "cache" in __import__("inspect").signature(type(model).forward).parameters else "past_key_values"
+    assert cache_kwarg(model) == want
+
+    class Old(torch.nn.Module):  # a remote-code model with the old signature
+        def forward(self, input_ids=None, past_key_values=None, use_cache=None):
+            return None
+
+    assert cache_kwarg(Old()) == "past_key_values"
+    with warnings.catch_warnings(record=True) as caught:  # prompt sharing passes its cache without deprecation
+        warnings.simplefilter("always")
+        completion_logps(model, _batch(tok), path="shared", head="fused")
+        completion_logps(model, _batch(tok), path="shared", head="logits")
+    assert not [w for w in caught if "past_key_values" in str(w.message)]
+
+
+def test_fused_head_under_lora_gives_the_same_adapter_gradients():
+    from peft import get_peft_model
+
+    from r1kit.models.loading import lora_config
+
+    tok = build_tokenizer()
+    model = get_peft_model(build_model(tok, seed=0), lora_config({"r": 4, "dropout": 0.0})).train()
+    assert choose_head(model, 8, "fused") is not None  # the head is a plain frozen Linear under the adapters
+    batch = _batch(tok)
+    for path in ("shared", "plain"):
+        want, got = _run(model, batch, path=path, head="logits"), _run(model, batch, path=path, head="fused")
+        assert torch.allclose(got[0], want[0], atol=1e-5, rtol=0)
+        assert got[2].keys() == want[2].keys() and all("lora" in name for name in got[2])
+        for name, g in want[2].items():
+            assert torch.allclose(got[2][name], g, atol=1e-5, rtol=1e-4), name

@@ -288,6 +288,20 @@ def _tokenizer_options(model, tokenizer, chat_template: str | None, eos_token: s
             gen.eos_token_id = tokenizer.eos_token_id
 
 
+def cache_kwarg(model) -> str:
+    """The keyword `model`'s forward takes its KV cache by: "cache" where its signature names it (transformers
+    renamed `past_key_values`; the old name warns and goes in 5.40), else "past_key_values" (older releases,
+    remote-code models). A PEFT wrapper is looked through."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        params = inspect.signature(type(base).forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
 def enable_activation_checkpointing(model) -> None:
     """Recompute each decoder layer's activations during backward instead of keeping them (one extra
     forward for a fraction of the memory). Non-reentrant checkpointing: no inputs need grads (LoRA

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from r1kit.models.loading import cache_kwarg
+
 
 class HFDecoder:
     """Generic fallback: the model's own forward with a transformers DynamicCache."""
@@ -18,8 +20,10 @@ class HFDecoder:
         self.model, self.max_len, self.cache, self.am = model, prompt_len + new_tokens, None, None
 
     def _call(self, ids, am, pos):
-        out = self.model(input_ids=ids, attention_mask=am, position_ids=pos, past_key_values=self.cache, use_cache=True)
-        self.cache = out.past_key_values
+        out = self.model(input_ids=ids, attention_mask=am, position_ids=pos, use_cache=True,
+                         **{cache_kwarg(self.model): self.cache})
+        cache = getattr(out, "cache", None)
+        self.cache = cache if cache is not None else out.past_key_values
         return out.logits[:, -1].float()
 
     def prefill(self, ids, am, pos):

@@ -19,6 +19,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from r1kit.algo.linear_logprobs import FUSED_CHUNK_ELEMENTS, fuse_pays, linear_selective_log_softmax
 from r1kit.algo.logprobs import chunk_rows, selective_log_softmax, selective_log_softmax_with_entropy
 from r1kit.models.heads import plain_head
+from r1kit.models.loading import cache_kwarg
 
 
 @dataclass
@@ -265,10 +266,13 @@ def completion_logps(model, batch: Batch, temperature: float = 1.0, with_entropy
 
     fused = choose_head(model, B * Tk, head)
 
-    def forward(keep: int, **kw):  # logits [b, n, V] of the last `keep` positions (0: all), or hidden [b, n, d]
+    def forward(keep: int, cache=None, **kw):  # logits [b, n, V] of the last `keep` positions (0: all), or hidden
+        module = model if fused is None else fused[0]
+        if cache is not None:
+            kw[cache_kwarg(module)] = cache
         if fused is None:
             return model(**kw, logits_to_keep=keep).logits
-        hidden = fused[0](**kw).last_hidden_state  # [b, L, d]
+        hidden = module(**kw).last_hidden_state  # [b, L, d]
         return hidden[:, -keep:] if keep else hidden
 
     def score(logits, index):  # [b, n, V] (or hidden [b, n, d]), [b, n] -> log-probs (and entropies) [b, n]
@@ -289,7 +293,7 @@ def completion_logps(model, batch: Batch, temperature: float = 1.0, with_entropy
         with _cache_ok_under_checkpointing(checkpointed):
             cache = Cache(layer_class_to_replicate=_ReplaySafeLayer)  # filled with the prompts' keys/values
             pout = forward(1, input_ids=ids[starts, :P2], attention_mask=am[starts, :P2],
-                           position_ids=pos[starts, :P2], past_key_values=cache, use_cache=True)
+                           position_ids=pos[starts, :P2], cache=cache, use_cache=True)
             first_logits = pout[:, -1:, :].index_select(0, row_group)  # [B, 1, V] predicts token 0
             lp0, ent0 = score(first_logits, targets[:, :1])
             if Tk > 1:
@@ -299,7 +303,7 @@ def completion_logps(model, batch: Batch, temperature: float = 1.0, with_entropy
                                                        layer.values.index_select(0, row_group)))
                                      for layer in cache.layers])
                 out = forward(0, input_ids=ids[:, P2:-1], attention_mask=am[:, :-1], position_ids=pos[:, P2:-1],
-                              past_key_values=rows, use_cache=True)
+                              cache=rows, use_cache=True)
         if Tk > 1:
             lp1, ent1 = score(out, targets[:, 1:])  # [B, Tk-1, V] -> [B, Tk-1]
             logps = torch.cat([lp0, lp1], 1)
