@@ -1,5 +1,7 @@
 """r1kit.rollout: the HF engine's own decode loop against transformers and against first principles."""
 
+import types
+
 import pytest
 import torch
 
@@ -122,17 +124,14 @@ def test_sampled_logprobs_match_full_forward(tok, prompts, arch, backend):
 
 @pytest.mark.parametrize("cache", ["shared", "private"])
 @pytest.mark.parametrize("arch", ["qwen2", "llama"])
-def test_shared_prompt_cache_with_compaction_matches_full_forward(tok, prompts, arch, cache, monkeypatch):
+def test_shared_prompt_cache_with_compaction_matches_full_forward(tok, prompts, arch, cache):
     # n samples share one prompt cache (or each row holds a copy of it: "private"); rows finish (EOS) at
     # different steps and leave the batch, so the row -> (prompt, slot) map and the private pad biases are
     # exercised after compaction; GQA folds 2 query heads per kv head
-    from r1kit.rollout.fast_decoder import FastDecoder
-
-    monkeypatch.setattr(FastDecoder, "cache", cache)
     model = _model(tok, arch=arch, num_kv_heads=2)
     handle = _eos_bias(model, tok, 3.0)
     try:
-        eng = make_engine("hf", model, tok, backend="fast", compact_frac=0.1)
+        eng = make_engine("hf", model, tok, backend="fast", compact_frac=0.1, kv_cache=cache)
         out = eng.generate(prompts, SamplingParams(n=4, max_new_tokens=16, temperature=1.0, seed=2))
         reasons = [c.finish_reason for c in out]
         assert "eos" in reasons and "length" in reasons
@@ -257,6 +256,8 @@ def test_private_cache_rule():
     assert not FastDecoder.private_cache(8, 8, 240, 256)  # 13440 > 64 x 256 / 2 = 8192
     assert FastDecoder.private_cache(8, 8, 240, 1024)  # 13440 <= 32768
     assert FastDecoder.private_cache(4, 1, 500, 1)  # one sample per prompt: nothing to share
+    with pytest.raises(ValueError, match=r"kv_cache must be one of shared\|private\|auto, got .copied."):
+        make_engine("hf", None, types.SimpleNamespace(pad_token_id=0, eos_token_id=1), kv_cache="copied")
 
 
 def test_peft_lora_model_uses_adapters(tok, prompts):

@@ -60,11 +60,12 @@ class FastDecoder:
     caches once (`kv_d` [L, 2, B, KV, P + M, D], pad columns -inf in `bias_d` [B, P]) and a step's
     attention is two plain matmuls and a softmax (`_attend_private`): per layer and step on 2 threads,
     tiny model 8 x 8 rows, 24-token prompts, 512 cached completion tokens 4.65 -> 3.82 ms; SmolLM2, 2 x 4
-    rows, 13-token prompts, 32 tokens 257 -> 61 us. `cache`: "shared" (the default), "private", or "auto"
-    (private where `private_cache` says so). Auto is not the default: with it the demo (EOS, compaction,
-    evaluation batches) took 234 s instead of 211 s, though the no-EOS bench cells ran 0.95-0.97x."""
+    rows, 13-token prompts, 32 tokens 257 -> 61 us. `cache` (HFEngine's `kv_cache`): "shared" (the default),
+    "private", or "auto" (private where `private_cache` says so). Auto is not the default: with it the demo
+    (EOS, compaction, evaluation batches) took 234 s instead of 211 s, though the no-EOS bench cells ran
+    0.95-0.97x."""
 
-    cache = "shared"
+    CACHES = ("shared", "private", "auto")
 
     @staticmethod
     def supports(model, max_len: int | None = None) -> bool:
@@ -89,7 +90,10 @@ class FastDecoder:
                 return False
         return True
 
-    def __init__(self, model, prompts: int, prompt_len: int, new_tokens: int):
+    def __init__(self, model, prompts: int, prompt_len: int, new_tokens: int, cache: str = "shared"):
+        if cache not in self.CACHES:
+            raise ValueError(f"cache must be one of {self.CACHES}, got {cache!r}")
+        self.cache = cache
         model = unwrap(model)
         self.model, self.inner = model, model.model
         cfg = model.config

@@ -5,7 +5,7 @@ Pipeline for `generate(prompt_ids, params)`:
 1. The unique prompts are left-padded into one batch; position ids start at 0 at each row's first
    real token. The prompts are prefilled ONCE; their last logits are repeated `n` times (rows
    grouped contiguously: prompt 0's n completions first) and, in the fast decoder, the n samples of
-   a prompt read its one KV cache (shared-prefix attention); `FastDecoder.cache` can instead give
+   a prompt read its one KV cache (shared-prefix attention); `kv_cache="private"` (or "auto") gives
    each row a copy of it once, where the prompt is short next to the completions.
 2. Decode loop: sample from the last logits (`sampling.sample`), write the token into the rows'
    preallocated output buffer (`rows.Rows`), feed it back through the model with the KV cache.
@@ -61,13 +61,17 @@ class HFEngine:
     where a sync is free, 8 on accelerators). compact_frac: drop finished rows from the batch and the
     cache once this fraction of the current rows has finished. eos_token_ids: override the EOS ids
     (default: the model's generation_config, else the tokenizer's); `()` disables EOS (benchmarks).
+    kv_cache: the fast decoder's cache layout, "shared" (each prompt's keys/values once), "private" (a
+    copy per row) or "auto" (private where prompts are short next to the completions; FastDecoder).
     """
 
     def __init__(self, model, tokenizer, backend: str = "auto", check_every: int | None = None,
-                 compact_frac: float = 0.25, eos_token_ids=None):
+                 compact_frac: float = 0.25, eos_token_ids=None, kv_cache: str = "shared"):
         if backend not in ("auto", "fast", "hf"):
             raise ValueError(f"backend must be auto|fast|hf, got {backend!r}")
-        self.model, self.tokenizer, self.backend = model, tokenizer, backend
+        if kv_cache not in FastDecoder.CACHES:
+            raise ValueError(f"kv_cache must be one of {'|'.join(FastDecoder.CACHES)}, got {kv_cache!r}")
+        self.model, self.tokenizer, self.backend, self.kv_cache = model, tokenizer, backend, kv_cache
         self.check_every, self.compact_frac = check_every, compact_frac
         eos = eos_token_ids
         if eos is None and getattr(model, "generation_config", None) is not None:
@@ -123,7 +127,8 @@ class HFEngine:
         check_every = self.check_every or (1 if dev.type == "cpu" else 8)
         eos = torch.tensor(self.eos_ids, dtype=torch.long, device=dev)
 
-        dec = self._decoder_cls(P + M)(self.model, N, P, M)
+        cls = self._decoder_cls(P + M)
+        dec = cls(self.model, N, P, M, cache=self.kv_cache) if cls is FastDecoder else cls(self.model, N, P, M)
         logits = dec.prefill(ids, am, pos)  # prefill the unique prompts once ...
         dec.repeat(n)  # ... and share their cache among the n samples
         if n > 1:
