@@ -8,7 +8,7 @@ from r1kit.models.heads import plain_head
 from r1kit.models.loading import enable_activation_checkpointing
 from r1kit.models.tiny import build_model, build_tokenizer
 from r1kit.algo.linear_logprobs import FUSE_ABOVE
-from r1kit.train.batch import (_can_share_prompts, _checkpointed_layers, _flop_rates, _prompt_starts,
+from r1kit.train.batch import (SHARE_BELOW, _can_share_prompts, _checkpointed_layers, _flop_rates, _prompt_starts,
                                choose_head, choose_path, collate, completion_logps, shared_cost,
                                unmasked_cost)
 
@@ -91,6 +91,14 @@ def test_auto_path_shares_long_prompts_and_unmasks_long_completions():
 
     assert choice(240, 64) == "shared"  # R1-length prompt, short completions: run the prompt once
     assert choice(24, 1024) == "unmasked"  # short prompt, long completions: skip half the attention
+    # sharing must save at least 1 - SHARE_BELOW of the estimate (its second pass has costs the FLOPs miss)
+    narrow = 0
+    for P in (4, 8, 12, 16, 24, 32):
+        for T in (16, 32, 64, 128):
+            ratio = shared_cost(1, 8, P, T, lin, pair) / unmasked_cost(torch.zeros(8, dtype=torch.long), P, T, lin, pair)
+            assert choice(P, T) == ("shared" if ratio <= SHARE_BELOW else "unmasked"), (P, T, ratio)
+            narrow += SHARE_BELOW < ratio < 1  # cheaper by the estimate, yet not shared
+    assert narrow > 0
     am = torch.ones(2, 6, dtype=torch.long)
     am[0, 0] = 0  # a row whose prompt starts one column later
     assert _prompt_starts(am[:, :3]).tolist() == [1, 0]
