@@ -316,3 +316,19 @@ def test_grpo_stops_before_loading_a_run_that_cannot_fit(tmp_path):
     with pytest.raises(ValueError, match=r"does not fit: predicted peak .* what to change, most effective first"):
         train(cfg)
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_the_planner_shares_prompts_where_the_trainer_does(monkeypatch):
+    import r1kit.diagnose.plan_estimate as pe
+    from r1kit.diagnose.plan_estimate import shares_prompts
+
+    # one group of 8 completions per micro-batch: a 512-token prompt once instead of 8 times pays; an 8-token
+    # one saves ~9% of the FLOPs, under the 15% that sharing's second pass must beat (models/forward_cost.py)
+    long, short = setup(prompt_len=512, completion_len=64), setup(prompt_len=8, completion_len=64)
+    assert shares_prompts(QWEN_05B, long) and not shares_prompts(QWEN_05B, short)
+    assert not shares_prompts(QWEN_05B, setup(generations=1)) and not shares_prompts(QWEN_05B, setup(micro_batch=1))
+    # the estimate follows that choice (shared: prompt rows once, but a buffered second set of gradients)
+    grads = QWEN_05B.params * 4
+    unshared = training_activations(QWEN_05B, short, False, grads=grads, grads_present=True)["total"]
+    monkeypatch.setattr(pe, "shares_prompts", lambda m, u: True)
+    assert training_activations(QWEN_05B, short, False, grads=grads, grads_present=True)["total"] != unshared

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+import torch
+
 from r1kit.algo.linear_logprobs import FUSED_CHUNK_ELEMENTS, fuse_pays  # the fused head (train.batch)
 from r1kit.algo.logprobs import CHUNK_ELEMENTS  # fp32 values per chunk of the chunked log-softmax
 from r1kit.diagnose.plan_shape import DTYPE_BYTES, ModelShape
+from r1kit.models.forward_cost import sharing_pays
 from r1kit.models.heads import PLAIN_HEAD_MODEL_TYPES
 from r1kit.rollout.fast_decoder import SUPPORTED_ARCHITECTURES as FAST_DECODER_TYPES  # the hf engine's fast path
 
@@ -129,6 +132,16 @@ def head_bytes(m: ModelShape, u: "Setup", rows: int) -> tuple[int, int]:
     return rows * m.vocab * u.s, 2 * chunk_bytes(m, rows)
 
 
+def shares_prompts(m: ModelShape, u: "Setup") -> bool:
+    """Whether the trainer's "auto" path shares each group's prompt in a micro-batch (`sharing_pays`: at the
+    worst case, every prompt P tokens and every completion M)."""
+    b, G = u.micro_batch, u.generations
+    if G <= 1 or b <= 1:
+        return False
+    lin, pair = 2.0 * (m.params - m.embedding), 4.0 * m.layers * m.hidden
+    return sharing_pays(groups_in(b, G), torch.zeros(b, dtype=torch.long), u.prompt_len, u.completion_len, lin, pair)
+
+
 def training_activations(m: ModelShape, u: Setup, checkpointing: bool, grads: int = 0,
                          grads_present: bool = False) -> dict[str, int]:
     """Peak bytes of one training micro-batch's forward + backward (train.batch.completion_logps), with the
@@ -148,7 +161,7 @@ def training_activations(m: ModelShape, u: Setup, checkpointing: bool, grads: in
     keeps only its input (and the cache) and recomputes its activations in backward, one layer at a time."""
     s, b, P, T, L = u.s, u.micro_batch, u.prompt_len, u.completion_len, m.layers
     kv = 2 * m.kv_heads * m.head_dim * s  # K + V bytes per token per layer, un-expanded
-    share = u.generations > 1 and b > 1
+    share = shares_prompts(m, u)
     g = groups_in(b, u.generations) if share else b
     grouped = m.kv_heads < m.heads
     lf = lora_dropout_bytes(m, u)
@@ -196,7 +209,7 @@ def inference_activations(m: ModelShape, u: Setup) -> int:
     tensors at a time, the cache of every layer (prefix + K/V per row), the logits, the chunks."""
     s, b, P, T, L = u.s, u.micro_batch, u.prompt_len, u.completion_len, m.layers
     kv = 2 * m.kv_heads * m.head_dim * s
-    share = u.generations > 1 and b > 1
+    share = shares_prompts(m, u)
     g = groups_in(b, u.generations) if share else b
     if share:
         layer = max(layer_saved(m, s, g, P, P), layer_saved(m, s, b, T, P + T))
@@ -323,8 +336,8 @@ def step_flops(m: ModelShape, u: Setup) -> dict[str, float]:
     """FLOPs of one step on one device: 2 x (matmul parameters) per token forward, backward twice that
     (LoRA: once, no weight gradients of the frozen base), plus attention (2 x 2 x H hd per key per token) and
     the LM head (2 V d per scored position). Generation: the unique prompts once + every new token;
-    training: the prompt-shared forward per micro-batch, mu passes, +1 forward under checkpointing; old /
-    reference log-probs: one forward each when used."""
+    training: the prompt-shared forward per micro-batch where sharing pays (else the unmasked one), mu passes,
+    +1 forward under checkpointing; old / reference log-probs: one forward each when used."""
     B, G, b, P, M = u.batch, u.generations, u.micro_batch, u.prompt_len, u.completion_len
     att = 4 * m.layers * m.heads * m.head_dim  # per token per key
     head = 2 * m.vocab * m.hidden
@@ -332,7 +345,7 @@ def step_flops(m: ModelShape, u: Setup) -> dict[str, float]:
     N = max(1, B // G)
     gen = N * P * (body + att * P / 2) + N * head + B * M * (body + head + att * (P + M / 2))
     micro = max(1, B // b)
-    share = G > 1 and b > 1
+    share = shares_prompts(m, u)
     g = groups_in(b, G) if share else b
     if share:
         fwd_mb = g * P * (body + att * P / 2) + b * M * (body + head + att * (P + M / 2))

@@ -18,6 +18,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 
 from r1kit.algo.linear_logprobs import FUSED_CHUNK_ELEMENTS, fuse_pays, linear_selective_log_softmax
 from r1kit.algo.logprobs import chunk_rows, selective_log_softmax, selective_log_softmax_with_entropy
+from r1kit.models.forward_cost import SHARE_BELOW, shared_cost, sharing_pays, unmasked_cost  # noqa: F401
 from r1kit.models.heads import plain_head
 from r1kit.models.loading import cache_kwarg
 
@@ -172,28 +173,7 @@ def _flop_rates(model) -> tuple[float, float]:
     return 2.0 * n, 4.0 * layers * hidden
 
 
-def shared_cost(groups: int, rows: int, P: int, T: int, lin: float, pair: float) -> float:
-    """Estimated FLOPs of the prompt-shared forward: each group's prompt once (masked: every (query, key)
-    pair of the P x P square), then every row's T completion tokens against P + T keys (masked: the whole
-    rectangle, as the kernel cannot skip blocks under an explicit mask)."""
-    return groups * P * (lin + P * pair) + rows * T * (lin + (P + T) * pair)
-
-
-def unmasked_cost(starts: torch.Tensor, P: int, T: int, lin: float, pair: float) -> float:
-    """Estimated FLOPs of the unmasked forward: each row's own prompt + completion, causal (half the square)."""
-    L = (P - starts).double() + T  # [B] tokens per row
-    return float((L * lin + L * L / 2 * pair).sum())
-
-
 PATHS = ("auto", "shared", "unmasked", "plain")
-# Prompt sharing runs the layers twice (the prompt with a cache, then the completions on it), copies the cache
-# into every row, runs the prompt's matmuls on few rows, and on a later micro-batch holds a second set of
-# parameter gradients until the prompt's pass adds its own: none of that is in the FLOP estimates. So "auto"
-# shares only where they say sharing saves at least 15%. Measured (2 threads, two micro-batches per step):
-# SmolLM2, 12-token prompts, 4 x 64 tokens, estimate 0.89: shared 4.96 s, unmasked 4.72 s and 186 MB less peak
-# RSS; 97-token prompts, 4 x 256 tokens, estimate 0.83: shared 16.6 s, unmasked 21.4 s; tiny model, 24-token
-# prompts, 16 x 64 tokens, estimate 0.78: shared 0.243 s, unmasked 0.289 s (bench/RESULTS.md).
-SHARE_BELOW = 0.85
 HEADS = ("auto", "fused", "logits")
 
 
@@ -213,7 +193,7 @@ def choose_head(model, rows: int, head: str = "auto"):
 
 def choose_path(model, am: torch.Tensor, P: int, T: int, groups, checkpointed, path: str = "auto") -> str:
     """Which exact forward runs a micro-batch ([B, P + T] mask, prompt columns first): `path` when it can run
-    here, and for "auto" "shared" where `shared_cost` is at most `SHARE_BELOW` x `unmasked_cost`, else "unmasked"; "plain"
+    here, and for "auto" "shared" where `sharing_pays` (models/forward_cost.py), else "unmasked"; "plain"
     (one masked forward over every row) where neither can run."""
     if path not in PATHS:
         raise ValueError(f"path must be one of {PATHS}, got {path!r}")
@@ -223,8 +203,7 @@ def choose_path(model, am: torch.Tensor, P: int, T: int, groups, checkpointed, p
         not getattr(getattr(model, "config", None), "is_encoder_decoder", False)
     if path == "auto" and can_share and can_unmask:
         lin, pair = _flop_rates(model)
-        return "shared" if shared_cost(len(groups[0]), am.shape[0], P, T, lin, pair) <= \
-            SHARE_BELOW * unmasked_cost(starts, P, T, lin, pair) else "unmasked"
+        return "shared" if sharing_pays(len(groups[0]), starts, P, T, lin, pair) else "unmasked"
     if path in ("auto", "shared") and can_share:
         return "shared"
     if path in ("auto", "unmasked") and can_unmask:
