@@ -8,9 +8,9 @@ from r1kit.models.heads import plain_head
 from r1kit.models.loading import enable_activation_checkpointing
 from r1kit.models.tiny import build_model, build_tokenizer
 from r1kit.algo.linear_logprobs import FUSE_ABOVE
-from r1kit.train.batch import (SHARE_BELOW, _can_share_prompts, _checkpointed_layers, _flop_rates, _prompt_starts,
-                               choose_head, choose_path, collate, completion_logps, shared_cost,
-                               unmasked_cost)
+from r1kit.models.forward_cost import SHARE_BELOW, shared_cost, unmasked_cost
+from r1kit.train.batch import (_can_share_prompts, _checkpointed_layers, _flop_rates, _prompt_starts, choose_head,
+                               choose_path, collate, completion_logps)
 
 
 
@@ -134,13 +134,14 @@ def test_fused_head_only_where_the_logits_are_exactly_the_heads_output():
 
 
 def test_the_cache_goes_by_the_keyword_the_model_names():
+    import inspect
     import warnings
 
     from r1kit.models.loading import cache_kwarg
 
     tok = build_tokenizer()
     model = build_model(tok, seed=0).train()
-    want = "cache" if "cache" in __import__("inspect").signature(type(model).forward).parameters else "past_key_values"
+    want = "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
     assert cache_kwarg(model) == want
 
     class Old(torch.nn.Module):  # a remote-code model with the old signature

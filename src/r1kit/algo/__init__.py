@@ -35,6 +35,7 @@ __all__ = [
     "group_advantages",
     "importance_log_ratio",
     "kl_estimate",
+    "linear_selective_log_softmax",
     "loss_normalizer",
     "masked_mean",
     "policy_loss",
@@ -42,7 +43,6 @@ __all__ = [
     "sampler_correction_weights",
     "sampler_drift",
     "sapo_surrogate",
-    "linear_selective_log_softmax",
     "selective_log_softmax",
     "zero_std_groups",
 ]

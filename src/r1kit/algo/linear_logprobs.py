@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .logprobs import _check
+
 __all__ = ["linear_selective_log_softmax", "fuse_pays", "FUSE_ABOVE", "FUSED_CHUNK_ELEMENTS"]
 
 # fp32 values per chunk: 32M = 128 MB of scratch (682 rows at V = 49k, 220 at V = 152k; smaller chunks
@@ -131,10 +133,7 @@ def linear_selective_log_softmax(
     pi_theta(o_t | q, o_<t), paper eq. 1) without the [B, T, V] logits or their gradient; differentiable
     w.r.t. ``hidden``, ``weight`` and ``bias`` (first order). hidden [..., d], weight [V, d], index [...].
     """
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    _check(temperature, chunk_size)
     if hidden.shape[:-1] != index.shape:
         raise ValueError(f"index shape {tuple(index.shape)} must equal hidden shape without the feature "
                          f"dimension {tuple(hidden.shape[:-1])}")

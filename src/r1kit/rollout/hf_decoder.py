@@ -18,10 +18,11 @@ class HFDecoder:
 
     def __init__(self, model, prompts: int, prompt_len: int, new_tokens: int):
         self.model, self.max_len, self.cache, self.am = model, prompt_len + new_tokens, None, None
+        self.cache_kw = cache_kwarg(model)  # "cache" or "past_key_values", as its forward names it
 
     def _call(self, ids, am, pos):
         out = self.model(input_ids=ids, attention_mask=am, position_ids=pos, use_cache=True,
-                         **{cache_kwarg(self.model): self.cache})
+                         **{self.cache_kw: self.cache})
         cache = getattr(out, "cache", None)
         self.cache = cache if cache is not None else out.past_key_values
         return out.logits[:, -1].float()

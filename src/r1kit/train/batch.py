@@ -18,7 +18,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 
 from r1kit.algo.linear_logprobs import FUSED_CHUNK_ELEMENTS, fuse_pays, linear_selective_log_softmax
 from r1kit.algo.logprobs import chunk_rows, selective_log_softmax, selective_log_softmax_with_entropy
-from r1kit.models.forward_cost import SHARE_BELOW, shared_cost, sharing_pays, unmasked_cost  # noqa: F401
+from r1kit.models.forward_cost import sharing_pays
 from r1kit.models.heads import plain_head
 from r1kit.models.loading import cache_kwarg
 
@@ -253,6 +253,7 @@ def completion_logps(model, batch: Batch, temperature: float = 1.0, with_entropy
     chunk = chunk_rows(vocab)
 
     fused = choose_head(model, B * Tk, head)
+    fused_chunk = chunk_rows(vocab, FUSED_CHUNK_ELEMENTS)
 
     def forward(keep: int, cache=None, **kw):  # logits [b, n, V] of the last `keep` positions (0: all), or hidden
         module = model if fused is None else fused[0]
@@ -266,7 +267,7 @@ def completion_logps(model, batch: Batch, temperature: float = 1.0, with_entropy
     def score(logits, index):  # [b, n, V] (or hidden [b, n, d]), [b, n] -> log-probs (and entropies) [b, n]
         if fused is not None:
             w, bias = fused[1].weight, fused[1].bias
-            lp, ent = linear_selective_log_softmax(logits, w, index, bias, t, chunk_rows(vocab, FUSED_CHUNK_ELEMENTS), with_entropy)
+            lp, ent = linear_selective_log_softmax(logits, w, index, bias, t, fused_chunk, with_entropy)
             return lp, (ent.detach() if ent is not None else None)
         if with_entropy:
             lp, ent = selective_log_softmax_with_entropy(logits, index, temperature=t, chunk_size=chunk)
