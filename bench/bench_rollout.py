@@ -1,16 +1,21 @@
-"""Rollout throughput: r1kit's HF engine vs `model.generate` on a tiny model.
+"""Rollout throughput: r1kit's HF engine vs `model.generate` on a tiny model (or SmolLM2-135M).
 
 Setup (the issue's): 4.27M-param Qwen2 (hidden 256, 4 layers, 4 heads, tied embeddings) on the tiny
 ~300-token byte-level BPE tokenizer; batch 64 = 8 prompts x n=8; 64 new tokens; temperature 1;
 EOS disabled on both sides so both generate exactly 64 x 64 tokens; 2 torch threads by default.
 Prompts (`--prompts`): `short` (8 short strings, 4-26 tokens) or `r1` (8 `r1kit:arithmetic` problems
 in the R1-Zero template, as a GRPO step sees them: ~240 tokens each with this tokenizer).
+`--model smollm2`: SmolLM2-135M-Instruct (the GGUF dequantised to fp32, as bench_grpo_vs_trl.py prepares
+it), with its own tokenizer. "engine (unpacked)" is the same engine with `pack_weights=False` (every decode
+step multiplies by the modules' own weights instead of oneDNN-packed copies; rollout/packed_linear.py).
 Runs are interleaved (generate, generate+logprobs, engine, ...) and medians are reported. The
 "linear-only floor" runs just the model's linear layers for the same B x M tokens (no attention, no
-sampling): the part of the work that no decode loop can remove, which bounds the achievable ratio.
+sampling) through the modules' own F.linear: what a decode loop on unpacked weights cannot remove (the
+packed engine can pass it: its matmuls are faster than these).
 Wall-clock timings with 2 threads are only meaningful on an otherwise idle machine.
 
     python bench/bench_rollout.py [--repeats 7] [--threads 2] [--device cpu|cuda] [--backend auto|hf] [--prompts short|r1]
+    python bench/bench_rollout.py --model smollm2 --n 4 --prompt-count 2 --repeats 3
 """
 
 from __future__ import annotations
@@ -45,12 +50,23 @@ def main():
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--new", type=int, default=64)
     ap.add_argument("--prompts", choices=("short", "r1"), default="short")
+    ap.add_argument("--prompt-count", type=int, default=8, help="how many of the 8 prompts to use")
+    ap.add_argument("--model", choices=("tiny", "smollm2"), default="tiny")
     ap.add_argument("--no-floor", dest="floor", action="store_false", help="skip the linear-layers-only floor")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    tok = build_tokenizer()
-    model = build_model(tok, hidden_size=256, num_layers=4, num_heads=4, tie_word_embeddings=True)
+    if args.model == "smollm2":
+        from bench_grpo_vs_trl import prepare_model
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = prepare_model("smollm2")
+        tok = AutoTokenizer.from_pretrained(path)
+        tok.padding_side = "left"  # for model.generate's batch
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    else:
+        tok = build_tokenizer()
+        model = build_model(tok, hidden_size=256, num_layers=4, num_heads=4, tie_word_embeddings=True)
     model.to(args.device).eval()
     model.generation_config.eos_token_id = None  # no EOS: both sides produce exactly `new` tokens
     n_params = sum(p.numel() for p in model.parameters())
@@ -61,7 +77,7 @@ def main():
         texts = [render_prompt(r["prompt"]) for r in get_task("arithmetic").dataset("train", 8, seed=0)]
     else:
         texts = PROMPTS
-    prompts = [tok(p).input_ids for p in texts]
+    prompts = [tok(p).input_ids for p in texts[: args.prompt_count]]
     B, M = len(prompts) * args.n, args.new
 
     enc = tok.pad({"input_ids": prompts}, return_tensors="pt")
@@ -70,6 +86,7 @@ def main():
     gen_kw = dict(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=M, min_new_tokens=M,
                   pad_token_id=tok.pad_token_id)
     engine = make_engine("hf", model, tok, backend=args.backend, eos_token_ids=())
+    unpacked = make_engine("hf", model, tok, backend=args.backend, eos_token_ids=(), pack_weights=False)
     params = SamplingParams(n=args.n, max_new_tokens=M, temperature=1.0, seed=0)
 
     def sync():
@@ -88,8 +105,8 @@ def main():
             lp = model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
         assert lp.shape == (B, M)
 
-    def run_engine():
-        outs = engine.generate(prompts, params)
+    def run_engine(eng=engine):
+        outs = eng.generate(prompts, params)
         assert len(outs) == B and all(len(c.completion_ids) == M for c in outs)
 
     x = torch.randn(B, model.config.hidden_size, device=args.device)
@@ -103,7 +120,8 @@ def main():
                     mlp.down_proj(mlp.gate_proj(x) * mlp.up_proj(x))
                 model.lm_head(x)
 
-    runs = {"generate": run_generate, "generate+logprobs": run_generate_lp, "engine": run_engine}
+    runs = {"generate": run_generate, "generate+logprobs": run_generate_lp, "engine": run_engine,
+            "engine (unpacked)": lambda: run_engine(unpacked)}
     if args.floor:
         runs["linear-only floor"] = run_floor
     times = {k: [] for k in runs}
@@ -117,7 +135,7 @@ def main():
             sync()
             times[name].append(time.perf_counter() - t)
 
-    print(f"model: qwen2 {n_params / 1e6:.2f}M params, vocab {len(tok)}; batch {B} ({len(prompts)} prompts x n={args.n}), "
+    print(f"model: {model.config.model_type} {n_params / 1e6:.2f}M params, vocab {len(tok)}; batch {B} ({len(prompts)} prompts x n={args.n}), "
           f"{M} new tokens, prompts {args.prompts} ({min(map(len, prompts))}-{max(map(len, prompts))} tokens), T=1, device {args.device}, threads {torch.get_num_threads()}, repeats {args.repeats}")
     med = {k: statistics.median(v) for k, v in times.items()}
     for k, v in times.items():
@@ -125,6 +143,7 @@ def main():
               f"min {min(v) * 1e3:.1f} ms  max {max(v) * 1e3:.1f} ms")
     print(f"ratio engine/generate tok/s:           {med['generate'] / med['engine']:.2f}x")
     print(f"ratio engine/generate+logprobs tok/s:  {med['generate+logprobs'] / med['engine']:.2f}x")
+    print(f"ratio engine/engine (unpacked) tok/s:  {med['engine (unpacked)'] / med['engine']:.2f}x")
 
 
 if __name__ == "__main__":

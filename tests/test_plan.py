@@ -332,3 +332,17 @@ def test_the_planner_shares_prompts_where_the_trainer_does(monkeypatch):
     unshared = training_activations(QWEN_05B, short, False, grads=grads, grads_present=True)["total"]
     monkeypatch.setattr(pe, "shares_prompts", lambda m, u: True)
     assert training_activations(QWEN_05B, short, False, grads=grads, grads_present=True)["total"] != unshared
+
+
+def test_cpu_rollouts_hold_a_packed_copy_of_the_weights_while_generating():
+    from r1kit.diagnose.plan_estimate import rollout_memory
+
+    m = toy()  # embedding 300 x 64 = 19,200; body 1M - 19,200 = 980,800 (tied)
+    assert rollout_memory(m, setup())["packed"] == 4 * 1_000_000  # every linear + the head, fp32
+    assert rollout_memory(m, setup(lora_r=4))["packed"] == 4 * 19_200  # LoRA-wrapped linears run unpacked
+    assert rollout_memory(m, setup(completion_len=15))["packed"] == 0  # too short to repay the packing
+    assert rollout_memory(m, setup(device="cuda"))["packed"] == 0
+    assert rollout_memory(m, setup(dtype="bfloat16"))["packed"] == 0
+    e = estimate(m, setup(completion_len=50))
+    gen = e.phases["generation"]
+    assert gen - estimate(m, setup(completion_len=15)).phases["generation"] > 4_000_000  # the copy is counted

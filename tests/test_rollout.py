@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from r1kit.models.tiny import build_model, build_tokenizer
-from r1kit.rollout import Completion, RolloutEngine, SamplingParams, make_engine
+from r1kit.rollout import Completion, RolloutEngine, SamplingParams, make_engine, packed_linear
 from r1kit.rollout.hf import HFEngine
 
 TEXTS = ["What is 17 * 3?", "Hi", "Compute 245 - 78. Let me check", "<think> 9 + 8 ="]
@@ -112,11 +112,12 @@ def test_greedy_with_eos_and_compaction_matches_generate(qwen, tok, prompts, bac
             assert "<|endoftext|>" not in c.text
 
 
-@pytest.mark.parametrize("arch,backend", [("qwen2", "fast"), ("llama", "fast"), ("qwen2", "hf")])
-def test_sampled_logprobs_match_full_forward(tok, prompts, arch, backend):
+@pytest.mark.parametrize("arch,backend,pack", [("qwen2", "fast", False), ("qwen2", "fast", True), ("llama", "fast", True),
+                                               ("qwen2", "hf", None)])
+def test_sampled_logprobs_match_full_forward(tok, prompts, arch, backend, pack):
     model = _model(tok, arch=arch)
     params = SamplingParams(n=3, max_new_tokens=12, temperature=0.7, top_k=40, top_p=0.9, seed=1)
-    out = make_engine("hf", model, tok, backend=backend).generate(prompts, params)
+    out = make_engine("hf", model, tok, backend=backend, pack_weights=pack).generate(prompts, params)
     for c in out:
         ref = _full_forward_logprobs(model, c, params.temperature)
         assert torch.allclose(torch.tensor(c.logprobs), ref, atol=1e-5, rtol=0), (c.logprobs, ref)
@@ -268,12 +269,86 @@ def test_peft_lora_model_uses_adapters(tok, prompts):
             if "lora_B" in name:
                 p.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
     params = SamplingParams(max_new_tokens=12, temperature=0)
-    fast = make_engine("hf", model, tok, backend="fast").generate(prompts, params)  # runs the wrapped modules
+    # runs the wrapped modules (packing only the plain ones: k_proj, o_proj, the head)
+    fast = make_engine("hf", model, tok, backend="fast", pack_weights=True).generate(prompts, params)
     ref = make_engine("hf", model, tok, backend="hf").generate(prompts, params)  # the peft model's forward
     assert [c.completion_ids for c in fast] == [c.completion_ids for c in ref]
     with model.disable_adapter():
         base = make_engine("hf", model, tok, backend="fast").generate(prompts, params)
     assert [c.completion_ids for c in base] != [c.completion_ids for c in fast]
+
+
+# -- packed weights for the decode steps (rollout.packed_linear) ---------------------------------------
+
+needs_onednn = pytest.mark.skipif(not packed_linear.available(), reason="torch built without oneDNN")
+
+
+@needs_onednn
+@pytest.mark.parametrize("bias", [False, True])
+def test_packed_linear_matches_linear(bias):
+    from r1kit.rollout.packed_linear import PackedLinear, pack
+
+    g = torch.Generator().manual_seed(0)
+    lin = torch.nn.Linear(48, 80, bias=bias)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(80, 48, generator=g))
+        if bias:
+            lin.bias.copy_(torch.randn(80, generator=g))
+    packed = PackedLinear(lin, rows=8)
+    for shape in [(8, 48), (3, 48), (2, 5, 48), (40, 48)]:  # the row hint is only a hint
+        x = torch.randn(shape, generator=g)
+        ref = torch.nn.functional.linear(x, lin.weight, lin.bias)
+        assert packed(x).shape == ref.shape
+        torch.testing.assert_close(packed(x), ref, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # a snapshot: later weight changes are not seen (the decoder re-packs per call)
+        lin.weight.mul_(2)
+    assert not torch.allclose(packed(x), lin(x))
+    assert pack(lin.double(), 8) is lin  # only fp32 plain nn.Linear is packed
+    hooked = torch.nn.Linear(4, 4)
+    hooked.register_forward_hook(lambda *a: None)
+    assert pack(hooked, 8) is hooked
+
+
+@needs_onednn
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+def test_packed_decoder_steps_match_unpacked(tok, prompts, arch):
+    from r1kit.rollout.fast_decoder import FastDecoder
+    from r1kit.rollout.hf import _left_pad
+    from r1kit.rollout.packed_linear import PackedLinear, PackedMLP
+
+    model = _model(tok, arch=arch, num_kv_heads=2)
+    ids, am = _left_pad(prompts, tok.pad_token_id, torch.device("cpu"))
+    pos = (am.long().cumsum(1) - 1).clamp_(min=0)
+    P, n = ids.shape[1], 3
+    decs, logits = [], []
+    with torch.inference_mode():
+        for pack in (False, True):
+            dec = FastDecoder(model, len(prompts), P, 8, pack=pack)
+            first = dec.prefill(ids, am, pos)
+            dec.repeat(n)
+            decs.append(dec)
+            tok_ = torch.arange(len(prompts) * n) % 50 + 5
+            steps = [first] + [dec.step(tok_ + s, pos[:, -1].repeat_interleave(n) + 1 + s, P + s) for s in range(8)]
+            logits.append(torch.stack(steps[1:]))
+    plain, packed = decs
+    assert isinstance(packed.proj[0][0][0], PackedLinear) and isinstance(packed.proj[1][1], PackedMLP)
+    assert isinstance(packed.head_packed, PackedLinear)
+    assert plain.proj[0][0][0] is model.model.layers[0].self_attn.q_proj and plain.head_packed is None
+    torch.testing.assert_close(logits[1], logits[0], rtol=0, atol=1e-4)
+    assert logits[0].abs().max() > 1  # logits of a real size: the tolerance is relative to them
+
+
+def test_pack_weights_rule(qwen, tok):
+    from r1kit.rollout.hf import PACK_MIN_TOKENS
+
+    available = packed_linear.available
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    eng = make_engine("hf", qwen, tok)  # auto: on CPU, for calls long enough to repay the packing
+    assert eng._pack(cpu, PACK_MIN_TOKENS) == available() and not eng._pack(cpu, PACK_MIN_TOKENS - 1)
+    assert not eng._pack(cuda, 1024)
+    assert not make_engine("hf", qwen, tok, pack_weights=False)._pack(cpu, 1024)
+    if available():
+        assert make_engine("hf", qwen, tok, pack_weights=True)._pack(cpu, 1)
 
 
 # -- more architectures: qwen3 (per-head q/k norms) and mistral (a config-level sliding window) -------

@@ -20,6 +20,7 @@ from r1kit.diagnose.plan_shape import DTYPE_BYTES, ModelShape
 from r1kit.models.forward_cost import sharing_pays
 from r1kit.models.heads import PLAIN_HEAD_MODEL_TYPES
 from r1kit.rollout.fast_decoder import SUPPORTED_ARCHITECTURES as FAST_DECODER_TYPES  # the hf engine's fast path
+from r1kit.rollout.hf import PACK_MIN_TOKENS
 
 # Peak RSS of a CPU GRPO process besides the model, optimizer, activations and rollout buffers it
 # holds: Python, torch, transformers, datasets, the reward functions' imports, the tokenizer, the
@@ -224,7 +225,9 @@ def rollout_memory(m: ModelShape, u: Setup) -> dict[str, int]:
     KV cache (fast decoder: each prompt's keys/values once + one completion part per row, preallocated
     for M tokens; other architectures: a DynamicCache per row holding prompt + completion, grown by
     torch.cat), the compaction copy when rows can finish early, and the largest transient of a prefill or
-    decode step (attention scores, the [B, V] logits and the sampler's fp32 copies)."""
+    decode step (attention scores, the [B, V] logits and the sampler's fp32 copies), and on CPU the fast
+    decoder's packed copy of the weights it multiplies by (rollout.packed_linear: every linear and the LM
+    head in fp32; under LoRA the wrapped linears are not packed, the head still is)."""
     s, B, G, P, M, L = u.s, u.batch, u.generations, u.prompt_len, u.completion_len, m.layers
     N = max(1, B // G)
     kv = 2 * m.kv_heads * m.head_dim * s
@@ -238,7 +241,10 @@ def rollout_memory(m: ModelShape, u: Setup) -> dict[str, int]:
     sampler_copies = 5 + (7.5 if u.top_p < 1.0 else 0) + (1 if u.top_k > 0 else 0)
     decode = 6 * B * m.heads * (P + M) * s + B * m.vocab * (s + int(4 * sampler_copies))
     rows = B * M * 12  # sampled ids (int64) + log-probs (fp32)
-    return {"kv_cache": cache + compaction, "transient": max(prefill, decode) + rows}
+    packed = 0
+    if m.model_type in FAST_DECODER_TYPES and u.device == "cpu" and u.dtype == "float32" and M >= PACK_MIN_TOKENS:
+        packed = (m.embedding + (0 if u.lora_r > 0 else m.body)) * s
+    return {"kv_cache": cache + compaction, "transient": max(prefill, decode) + rows, "packed": packed}
 
 
 def estimate(m: ModelShape, u: Setup) -> Estimate:
@@ -269,7 +275,7 @@ def estimate(m: ModelShape, u: Setup) -> Estimate:
                   training_activations(m, u, u.gradient_checkpointing, grads, later)[k] if later else 0)
            for k in ("total", "saved", "logits")}
     act_other = max(training_activations(m, u, not u.gradient_checkpointing, grads, x)["total"] for x in {False, later})
-    roll = {"kv_cache": 0, "transient": 0}
+    roll = {"kv_cache": 0, "transient": 0, "packed": 0}
     vllm = 0
     if u.engine == "hf":
         roll = rollout_memory(m, u)
@@ -286,7 +292,8 @@ def estimate(m: ModelShape, u: Setup) -> Estimate:
     idle_vllm = {} if u.vllm_sleep else {"vllm": vllm}  # a colocated vLLM that does not sleep holds its share
     parts = {  # phase -> what it holds on top of `static`; the last entry of each is freed after the phase
         "load": {"load copy": load_transient(m, u)},
-        "generation": {"vllm": vllm, "rollout KV cache": roll["kv_cache"], "rollout buffers": roll["transient"]},
+        "generation": {"vllm": vllm, "rollout packed weights": roll["packed"], "rollout KV cache": roll["kv_cache"],
+                       "rollout buffers": roll["transient"]},
         "training": {**idle_vllm, "fsdp2 gathered units": gathered, "ddp bucket": bucket, "gradients": grads,
                      "logits": act["logits"], "activations": act["total"] - act["logits"] - grads},
         "optimizer step": {**idle_vllm, "gradients": grads, "optimizer temporaries": adam_temp},

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from r1kit.rollout import packed_linear
+
 # The architectures the fast decoder runs, and where each one's attention reads a sliding window:
 # "layer" (attn.sliding_window, per layer type), "config" (config.sliding_window, every layer) or
 # None (no sliding windows). A window that covers the whole run (prompt + new tokens) masks
@@ -24,6 +26,8 @@ SUPPORTED_ARCHITECTURES = {"llama": None, "qwen2": "layer", "qwen3": "layer", "m
 
 # norms whose forward is exactly F.rms_norm(x, weight, variance_epsilon) in fp32
 _PLAIN_RMSNORMS = {"LlamaRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "MistralRMSNorm"}
+# MLPs whose forward is exactly down_proj(act_fn(gate_proj(x)) * up_proj(x))
+_PLAIN_MLPS = {"LlamaMLP", "Qwen2MLP", "Qwen3MLP", "MistralMLP"}
 
 
 def unwrap(model):
@@ -90,10 +94,11 @@ class FastDecoder:
                 return False
         return True
 
-    def __init__(self, model, prompts: int, prompt_len: int, new_tokens: int, cache: str = "shared"):
+    def __init__(self, model, prompts: int, prompt_len: int, new_tokens: int, cache: str = "shared",
+                 pack: bool = False):
         if cache not in self.CACHES:
             raise ValueError(f"cache must be one of {self.CACHES}, got {cache!r}")
-        self.cache = cache
+        self.cache, self.pack = cache, pack
         model = unwrap(model)
         self.model, self.inner = model, model.model
         cfg = model.config
@@ -127,6 +132,23 @@ class FastDecoder:
         self.fused_norm = p.dtype == torch.float32 and all(
             type(m).__name__ in _PLAIN_RMSNORMS and hasattr(m, "variance_epsilon") for m in norms + [self.inner.norm]
         )
+        # each layer's (q, k, v, o) projections and its MLP as callables: the modules themselves, until
+        # repeat() packs the plain ones for the decode steps (packed_linear; `pack`)
+        self.proj = [((a.q_proj, a.k_proj, a.v_proj, a.o_proj), layer.mlp)
+                     for layer in self.inner.layers for a in (layer.self_attn,)]
+        self.head_packed = None
+
+    def _pack(self, rows: int):
+        """Replace the plain linears (and plain MLPs' three) by oneDNN-packed copies for `rows` rows."""
+        pk = packed_linear.pack
+        for li, layer in enumerate(self.inner.layers):
+            a, m = layer.self_attn, layer.mlp
+            plain_mlp = type(m).__name__ in _PLAIN_MLPS and all(
+                packed_linear.packable(x) for x in (m.gate_proj, m.up_proj, m.down_proj))
+            self.proj[li] = (tuple(pk(x, rows) for x in (a.q_proj, a.k_proj, a.v_proj, a.o_proj)),
+                             packed_linear.PackedMLP(m, rows) if plain_mlp else m)
+        if packed_linear.packable(self.model.lm_head):
+            self.head_packed = packed_linear.PackedLinear(self.model.lm_head, rows)
 
     def _norm(self, mod, x):
         if self.fused_norm:  # one kernel instead of seven; same formula as the module in fp32
@@ -189,11 +211,11 @@ class FastDecoder:
         x = self.inner.embed_tokens(ids)  # [B, T, hidden]
         cq, sq, ck, sk = self.rope_tab[pos].unsqueeze(1).unbind(3)  # each [B, 1, T, D]
         for li, layer in enumerate(self.inner.layers):
-            attn = layer.self_attn
+            attn, ((q_proj, k_proj, v_proj, o_proj), mlp) = layer.self_attn, self.proj[li]
             h = self._norm(layer.input_layernorm, x)
-            q = attn.q_proj(h).view(B, T, H, D)
-            k = attn.k_proj(h).view(B, T, KV, D)
-            v = attn.v_proj(h).view(B, T, KV, D).transpose(1, 2)  # [B, KV, T, D]
+            q = q_proj(h).view(B, T, H, D)
+            k = k_proj(h).view(B, T, KV, D)
+            v = v_proj(h).view(B, T, KV, D).transpose(1, 2)  # [B, KV, T, D]
             if getattr(attn, "q_norm", None) is not None:  # qwen3-style per-head norms
                 q, k = attn.q_norm(q), attn.k_norm(k)
             q = self._rope(q.transpose(1, 2), cq, sq)  # [B, H, T, D]
@@ -216,8 +238,8 @@ class FastDecoder:
                 kd[:, :, s : s + 1] = k
                 vd[:, :, s : s + 1] = v
                 o = self._attend_shared(q, self.kv_p[li, 0], self.kv_p[li, 1], kd[:, :, : s + 1], vd[:, :, : s + 1])
-            x = x + attn.o_proj(o.transpose(1, 2).reshape(B, T, H * D))
-            x = x + layer.mlp(self._norm(layer.post_attention_layernorm, x))
+            x = x + o_proj(o.transpose(1, 2).reshape(B, T, H * D))
+            x = x + mlp(self._norm(layer.post_attention_layernorm, x))
         return self._head(self._norm(self.inner.norm, x[:, -1])).float()  # [B, V]
 
     def _head(self, h):
@@ -227,6 +249,8 @@ class FastDecoder:
         BLAS then splits the [V, hidden] weight between threads, where F.linear's h @ W^T was 1.5-2x
         slower (SmolLM2's 49152 x 576 head, 2 threads: 8 rows 16.8 -> 8.5 ms, 64 rows 40 -> 28 ms).
         Same products, summed in another order (differences at fp32 rounding)."""
+        if self.head_packed is not None:
+            return self.head_packed(h)
         head = self.model.lm_head
         if not self.head_transposed or h.shape[0] < 2:
             return head(h)
@@ -250,6 +274,8 @@ class FastDecoder:
         self.grp = torch.arange(N, device=self.device).repeat_interleave(n)  # [B]
         self.slot = torch.arange(n, device=self.device).repeat(N)  # [B]
         self.private = self.cache == "private" or (self.cache == "auto" and self.private_cache(N, n, self.P, self.M))
+        if self.pack:  # the prefill ran on the modules (many rows); the decode steps run packed
+            self._pack(N * n)
         if self.private:  # each row's cache starts with a copy of its prompt's
             self.kv_d = torch.empty(self.layers, 2, N * n, self.n_kv, self.P + self.M, self.head_dim,
                                     device=self.device, dtype=self.dtype)

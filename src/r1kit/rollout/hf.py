@@ -21,13 +21,14 @@ run by hand with a shared-prefix static KV cache) and `hf_decoder.HFDecoder` (th
 forward; any other architecture, or `backend="hf"`).
 
 Determinism: the random stream is consumed per step for the rows still in the batch, so a given
-seed reproduces exactly for the same prompts, weights and engine settings (check_every, compact_frac).
+seed reproduces exactly for the same prompts, weights and engine settings (check_every, compact_frac,
+pack_weights).
 
-Where the time goes (CPU, the 4.3M-param bench model, batch 64, fp32): most of it is the linear
-layers' matmuls (compute-bound; at 64 rows a CPU matmul reaches about half of the big-matrix peak;
-`bench/bench_rollout.py` prints this floor) and the rest is mostly reading the KV cache in attention
-(memory-bound, which the shared prompt cache cuts by up to n times). Python/dispatch overhead is small
-(~0.3 ms/step), so on CPU the ratio to `model.generate` is bounded by the linear-layer floor.
+Where the time goes (CPU, fp32): most of it is the linear layers' matmuls. With the few rows of a decode
+step, the BLAS behind F.linear repacks every weight on every call, so the fast decoder multiplies by
+copies packed once per call in oneDNN's layout (`packed_linear`, `pack_weights`): SmolLM2-135M, 8 rows,
+1.28-1.43x faster generation; the 4.3M bench model, 64 rows, 1.2-1.35x. The rest is attention over the KV
+cache (memory-bound, which the shared prompt cache cuts by up to n times), norms, RoPE and sampling.
 """
 
 from __future__ import annotations
@@ -35,11 +36,17 @@ from __future__ import annotations
 import torch
 
 from r1kit.rollout.base import Completion, SamplingParams
+from r1kit.rollout import packed_linear
 from r1kit.rollout.fast_decoder import FastDecoder
 from r1kit.rollout.hf_decoder import HFDecoder
 from r1kit.rollout.rows import Rows
 from r1kit.rollout.sampling import make_generator, sample
 from r1kit.rollout.stops import StopScanner
+
+
+# packing the weights costs about one pass over them (SmolLM2-135M: 0.33 s); from this many decode
+# steps on, the faster steps repay it
+PACK_MIN_TOKENS = 16
 
 
 def _left_pad(prompts: list[list[int]], pad_id: int, device):
@@ -63,16 +70,22 @@ class HFEngine:
     (default: the model's generation_config, else the tokenizer's); `()` disables EOS (benchmarks).
     kv_cache: the fast decoder's cache layout, "shared" (each prompt's keys/values once), "private" (a
     copy per row) or "auto" (private where prompts are short next to the completions; FastDecoder).
+    pack_weights: the fast decoder's decode steps multiply by oneDNN-packed copies of the plain linear
+    weights (`packed_linear`); None (default): on CPU, for calls of at least PACK_MIN_TOKENS new tokens.
     """
 
     def __init__(self, model, tokenizer, backend: str = "auto", check_every: int | None = None,
-                 compact_frac: float = 0.25, eos_token_ids=None, kv_cache: str = "shared"):
+                 compact_frac: float = 0.25, eos_token_ids=None, kv_cache: str = "shared",
+                 pack_weights: bool | None = None):
         if backend not in ("auto", "fast", "hf"):
             raise ValueError(f"backend must be auto|fast|hf, got {backend!r}")
         if kv_cache not in FastDecoder.CACHES:
             raise ValueError(f"kv_cache must be one of {'|'.join(FastDecoder.CACHES)}, got {kv_cache!r}")
         self.model, self.tokenizer, self.backend, self.kv_cache = model, tokenizer, backend, kv_cache
         self.check_every, self.compact_frac = check_every, compact_frac
+        if pack_weights and not packed_linear.available():
+            raise ValueError("pack_weights=True needs a torch build with oneDNN (torch.backends.mkldnn)")
+        self.pack_weights = pack_weights
         eos = eos_token_ids
         if eos is None and getattr(model, "generation_config", None) is not None:
             eos = model.generation_config.eos_token_id
@@ -87,6 +100,12 @@ class HFEngine:
         nothing to copy: keep the reference (in case a different module object is passed). An engine
         owning its own copy (eval copy, vLLM) would load `model.state_dict()` here instead."""
         self.model = model
+
+    def _pack(self, dev, new_tokens: int) -> bool:
+        """Whether the fast decoder's decode steps run on packed weight copies (packed_linear)."""
+        if self.pack_weights is not None:
+            return self.pack_weights
+        return dev.type == "cpu" and new_tokens >= PACK_MIN_TOKENS and packed_linear.available()
 
     def _decoder_cls(self, max_len: int):
         fast = FastDecoder.supports(self.model, max_len)
@@ -128,7 +147,10 @@ class HFEngine:
         eos = torch.tensor(self.eos_ids, dtype=torch.long, device=dev)
 
         cls = self._decoder_cls(P + M)
-        dec = cls(self.model, N, P, M, cache=self.kv_cache) if cls is FastDecoder else cls(self.model, N, P, M)
+        if cls is FastDecoder:
+            dec = cls(self.model, N, P, M, cache=self.kv_cache, pack=self._pack(dev, M))
+        else:
+            dec = cls(self.model, N, P, M)
         logits = dec.prefill(ids, am, pos)  # prefill the unique prompts once ...
         dec.repeat(n)  # ... and share their cache among the n samples
         if n > 1:
