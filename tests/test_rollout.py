@@ -338,6 +338,24 @@ def test_packed_decoder_steps_match_unpacked(tok, prompts, arch):
     assert logits[0].abs().max() > 1  # logits of a real size: the tolerance is relative to them
 
 
+@needs_onednn
+def test_packing_keeps_forward_hooks(tok, prompts):
+    # a hooked MLP or projection is called as a module, so its hook still runs (model.generate runs it too)
+    model = _model(tok)
+    layer = model.model.layers[0]
+    handles = [layer.mlp.register_forward_hook(lambda _m, _i, out: out * 3.0),
+               layer.self_attn.v_proj.register_forward_pre_hook(lambda _m, args: (args[0] * 0.5,))]
+    try:
+        ref = _reference_greedy(model, tok, prompts, 20)
+        out = make_engine("hf", model, tok, backend="fast", pack_weights=True).generate(
+            prompts, SamplingParams(max_new_tokens=20, temperature=0))
+    finally:
+        for h in handles:
+            h.remove()
+    assert [c.completion_ids for c in out] == ref
+    assert ref != _reference_greedy(model, tok, prompts, 20)  # the hooks change what is generated
+
+
 def test_pack_weights_rule(qwen, tok):
     from r1kit.rollout.hf import PACK_MIN_TOKENS
 

@@ -16,6 +16,14 @@ from torch.nn.modules import module as nn_module
 PLAIN_HEAD_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
 
 
+def unhooked(*modules) -> bool:
+    """No forward (pre-)hooks on any of `modules` and no global module hooks: code that uses their weights
+    directly instead of calling them skips nothing."""
+    if nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks:
+        return False
+    return not any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+
+
 def plain_head(model):
     """(decoder, lm_head) when `model`'s logits are exactly lm_head(decoder(...).last_hidden_state) and nothing
     wraps that: a `PLAIN_HEAD_MODEL_TYPES` family, a plain `nn.Linear` head with ordinary weights, no forward
@@ -28,8 +36,7 @@ def plain_head(model):
     decoder, head = model.get_decoder(), model.get_output_embeddings()
     if type(head) is not torch.nn.Linear or decoder is None or decoder is model:
         return None
-    if nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks or \
-            any(m._forward_hooks or m._forward_pre_hooks for m in (model, decoder, head)):
+    if not unhooked(model, decoder, head):
         return None
     if type(head.weight.data) is not torch.Tensor or hasattr(head.weight, "ds_id"):
         return None  # a DTensor shard (FSDP2) or a DeepSpeed ZeRO-3 placeholder

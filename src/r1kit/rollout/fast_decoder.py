@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from r1kit.models.heads import unhooked
 from r1kit.rollout import packed_linear
 
 # The architectures the fast decoder runs, and where each one's attention reads a sliding window:
@@ -28,6 +29,10 @@ SUPPORTED_ARCHITECTURES = {"llama": None, "qwen2": "layer", "qwen3": "layer", "m
 _PLAIN_RMSNORMS = {"LlamaRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "MistralRMSNorm"}
 # MLPs whose forward is exactly down_proj(act_fn(gate_proj(x)) * up_proj(x))
 _PLAIN_MLPS = {"LlamaMLP", "Qwen2MLP", "Qwen3MLP", "MistralMLP"}
+
+
+def _projections(attn):  # an attention block's (q, k, v, o) projections, in the order _forward unpacks them
+    return attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj
 
 
 def unwrap(model):
@@ -131,15 +136,14 @@ class FastDecoder:
         qs = scale if self.scale_folded else 1.0
         self.rope_tab = torch.stack((cos * qs, sin * qs, cos, sin), dim=1)  # [P + M, 4, D]
         self.head_transposed = p.device.type == "cpu" and type(model.lm_head) is torch.nn.Linear and \
-            not model.lm_head._forward_hooks and not model.lm_head._forward_pre_hooks
+            unhooked(model.lm_head)
         norms = [m for layer in self.inner.layers for m in (layer.input_layernorm, layer.post_attention_layernorm)]
         self.fused_norm = p.dtype == torch.float32 and all(
             type(m).__name__ in _PLAIN_RMSNORMS and hasattr(m, "variance_epsilon") for m in norms + [self.inner.norm]
         )
         # each layer's (q, k, v, o) projections and its MLP as callables: the modules themselves, until
         # repeat() packs the plain ones for the decode steps (packed_linear; `pack`)
-        self.proj = [((a.q_proj, a.k_proj, a.v_proj, a.o_proj), layer.mlp)
-                     for layer in self.inner.layers for a in (layer.self_attn,)]
+        self.proj = [(_projections(layer.self_attn), layer.mlp) for layer in self.inner.layers]
         self.head_packed = None
 
     def _pack(self, rows: int):
@@ -147,9 +151,9 @@ class FastDecoder:
         pk = packed_linear.pack
         for li, layer in enumerate(self.inner.layers):
             a, m = layer.self_attn, layer.mlp
-            plain_mlp = type(m).__name__ in _PLAIN_MLPS and all(
+            plain_mlp = type(m).__name__ in _PLAIN_MLPS and unhooked(m) and all(
                 packed_linear.packable(x) for x in (m.gate_proj, m.up_proj, m.down_proj))
-            self.proj[li] = (tuple(pk(x, rows) for x in (a.q_proj, a.k_proj, a.v_proj, a.o_proj)),
+            self.proj[li] = (tuple(pk(x, rows) for x in _projections(a)),
                              packed_linear.PackedMLP(m, rows) if plain_mlp else m)
         if packed_linear.packable(self.model.lm_head):
             self.head_packed = packed_linear.PackedLinear(self.model.lm_head, rows)

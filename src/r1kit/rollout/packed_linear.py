@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import torch
 
+from r1kit.models.heads import unhooked
+
 
 def available() -> bool:
     """Whether this torch build has oneDNN and the two ops (private to torch, so checked, not assumed)."""
@@ -35,8 +37,7 @@ def packable(mod) -> bool:
     """A plain `nn.Linear` (not a subclass, no forward hooks) with an fp32 weight on CPU."""
     return (
         type(mod) is torch.nn.Linear
-        and not mod._forward_hooks
-        and not mod._forward_pre_hooks
+        and unhooked(mod)
         and mod.weight.device.type == "cpu"
         and mod.weight.dtype == torch.float32
         and (mod.bias is None or mod.bias.dtype == torch.float32)
