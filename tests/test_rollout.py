@@ -310,11 +310,32 @@ def test_packed_linear_matches_linear(bias):
 
 
 @needs_onednn
+@pytest.mark.parametrize("bias", [False, True])
+def test_packed_fused_matches_each_linear(bias):
+    from r1kit.rollout.packed_linear import PackedFused
+
+    torch.manual_seed(0)
+    q, k, v = torch.nn.Linear(48, 64, bias=bias), torch.nn.Linear(48, 16, bias=bias), torch.nn.Linear(48, 16, bias=bias)
+    fused = PackedFused((q, k, v), rows=8)
+    x = torch.randn(2, 5, 48)
+    outs = fused(x)
+    assert [o.shape for o in outs] == [(2, 5, 64), (2, 5, 16), (2, 5, 16)]
+    for o, m in zip(outs, (q, k, v)):  # each output is that linear's own, at fp32 rounding
+        torch.testing.assert_close(o, m(x), rtol=1e-5, atol=1e-5)
+    mixed = (torch.nn.Linear(48, 8, bias=True), torch.nn.Linear(48, 8, bias=False))
+    assert PackedFused.fusable((q, k, v)) and not PackedFused.fusable(mixed)
+    assert not PackedFused.fusable((q, torch.nn.Linear(32, 8, bias=bias)))  # different input widths
+    hooked = torch.nn.Linear(48, 8, bias=bias)
+    hooked.register_forward_hook(lambda *a: None)
+    assert not PackedFused.fusable((q, hooked))
+
+
+@needs_onednn
 @pytest.mark.parametrize("arch", ["qwen2", "llama"])
 def test_packed_decoder_steps_match_unpacked(tok, prompts, arch):
     from r1kit.rollout.fast_decoder import FastDecoder
     from r1kit.rollout.hf import _left_pad
-    from r1kit.rollout.packed_linear import PackedLinear, PackedMLP
+    from r1kit.rollout.packed_linear import PackedFused, PackedLinear, PackedMLP
 
     model = _model(tok, arch=arch, num_kv_heads=2)
     ids, am = _left_pad(prompts, tok.pad_token_id, torch.device("cpu"))
@@ -331,9 +352,13 @@ def test_packed_decoder_steps_match_unpacked(tok, prompts, arch):
             steps = [first] + [dec.step(tok_ + s, pos[:, -1].repeat_interleave(n) + 1 + s, P + s) for s in range(8)]
             logits.append(torch.stack(steps[1:]))
     plain, packed = decs
-    assert isinstance(packed.proj[0][0][0], PackedLinear) and isinstance(packed.proj[1][1], PackedMLP)
+    qkv, o, mlp = packed.proj[1]  # q/k/v as one fused matmul, o packed, the MLP's gate/up fused
+    attn = model.model.layers[1].self_attn
+    assert isinstance(qkv, PackedFused) and isinstance(o, PackedLinear)
+    assert qkv.sizes == [attn.q_proj.out_features, attn.k_proj.out_features, attn.v_proj.out_features]
+    assert isinstance(mlp, PackedMLP) and isinstance(mlp.gate_up, PackedFused)
     assert isinstance(packed.head_packed, PackedLinear)
-    assert plain.proj[0][0][0] is model.model.layers[0].self_attn.q_proj and plain.head_packed is None
+    assert plain.proj[0][1] is model.model.layers[0].self_attn.o_proj and plain.head_packed is None
     torch.testing.assert_close(logits[1], logits[0], rtol=0, atol=1e-4)
     assert logits[0].abs().max() > 1  # logits of a real size: the tolerance is relative to them
 

@@ -31,8 +31,12 @@ _PLAIN_RMSNORMS = {"LlamaRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "MistralRMSNo
 _PLAIN_MLPS = {"LlamaMLP", "Qwen2MLP", "Qwen3MLP", "MistralMLP"}
 
 
-def _projections(attn):  # an attention block's (q, k, v, o) projections, in the order _forward unpacks them
-    return attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj
+def _qkv(attn):  # an attention block's q, k, v projections, in the order _forward unpacks them
+    return attn.q_proj, attn.k_proj, attn.v_proj
+
+
+def _each(mods):  # callables that read the same input -> one callable returning their outputs, in order
+    return lambda x: tuple(m(x) for m in mods)
 
 
 def unwrap(model):
@@ -76,7 +80,8 @@ class FastDecoder:
 
     `pack` (HFEngine's `pack_weights`): after the prefill, `repeat` swaps the plain linear layers, the plain
     MLPs and the head for oneDNN-packed snapshots of their weights (`packed_linear`), so the decode steps'
-    few-row matmuls skip the BLAS's per-call repacking (SmolLM2, 8 rows: 1.28-1.43x faster generation)."""
+    few-row matmuls skip the BLAS's per-call repacking (SmolLM2, 8 rows: 1.28-1.43x faster generation); q/k/v
+    and gate/up run as one matmul each over their stacked weights (`PackedFused`: 4 calls per layer, not 7)."""
 
     CACHES = ("shared", "private", "auto")
 
@@ -141,20 +146,22 @@ class FastDecoder:
         self.fused_norm = p.dtype == torch.float32 and all(
             type(m).__name__ in _PLAIN_RMSNORMS and hasattr(m, "variance_epsilon") for m in norms + [self.inner.norm]
         )
-        # each layer's (q, k, v, o) projections and its MLP as callables: the modules themselves, until
-        # repeat() packs the plain ones for the decode steps (packed_linear; `pack`)
-        self.proj = [(_projections(layer.self_attn), layer.mlp) for layer in self.inner.layers]
+        # each layer's q/k/v projections (one callable: h -> (q, k, v)), o projection and MLP: the modules
+        # themselves, until repeat() packs the plain ones for the decode steps (packed_linear; `pack`)
+        self.proj = [(_each(_qkv(layer.self_attn)), layer.self_attn.o_proj, layer.mlp) for layer in self.inner.layers]
         self.head_packed = None
 
     def _pack(self, rows: int):
-        """Replace the plain linears (and plain MLPs' three) by oneDNN-packed copies for `rows` rows."""
-        pk = packed_linear.pack
+        """Replace the plain linears (and plain MLPs' three) by oneDNN-packed copies for `rows` rows; q/k/v
+        (and gate/up) as one fused matmul where all of them are packable."""
+        pk, fused = packed_linear.pack, packed_linear.PackedFused
         for li, layer in enumerate(self.inner.layers):
             a, m = layer.self_attn, layer.mlp
-            plain_mlp = type(m).__name__ in _PLAIN_MLPS and unhooked(m) and all(
-                packed_linear.packable(x) for x in (m.gate_proj, m.up_proj, m.down_proj))
-            self.proj[li] = (tuple(pk(x, rows) for x in _projections(a)),
-                             packed_linear.PackedMLP(m, rows) if plain_mlp else m)
+            qkv = _qkv(a)
+            plain_mlp = type(m).__name__ in _PLAIN_MLPS and unhooked(m) and \
+                fused.fusable((m.gate_proj, m.up_proj)) and packed_linear.packable(m.down_proj)
+            self.proj[li] = (fused(qkv, rows) if fused.fusable(qkv) else _each([pk(x, rows) for x in qkv]),
+                             pk(a.o_proj, rows), packed_linear.PackedMLP(m, rows) if plain_mlp else m)
         if packed_linear.packable(self.model.lm_head):
             self.head_packed = packed_linear.PackedLinear(self.model.lm_head, rows)
 
@@ -219,11 +226,11 @@ class FastDecoder:
         x = self.inner.embed_tokens(ids)  # [B, T, hidden]
         cq, sq, ck, sk = self.rope_tab[pos].unsqueeze(1).unbind(3)  # each [B, 1, T, D]
         for li, layer in enumerate(self.inner.layers):
-            attn, ((q_proj, k_proj, v_proj, o_proj), mlp) = layer.self_attn, self.proj[li]
-            h = self._norm(layer.input_layernorm, x)
-            q = q_proj(h).view(B, T, H, D)
-            k = k_proj(h).view(B, T, KV, D)
-            v = v_proj(h).view(B, T, KV, D).transpose(1, 2)  # [B, KV, T, D]
+            attn, (qkv, o_proj, mlp) = layer.self_attn, self.proj[li]
+            q, k, v = qkv(self._norm(layer.input_layernorm, x))  # [B, T, H*D], [B, T, KV*D] x 2
+            q = q.view(B, T, H, D)
+            k = k.view(B, T, KV, D)
+            v = v.view(B, T, KV, D).transpose(1, 2)  # [B, KV, T, D]
             if getattr(attn, "q_norm", None) is not None:  # qwen3-style per-head norms
                 q, k = attn.q_norm(q), attn.k_norm(k)
             q = self._rope(q.transpose(1, 2), cq, sq)  # [B, H, T, D]

@@ -56,15 +56,42 @@ class PackedLinear:
         return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
 
 
+class PackedFused:
+    """Several packable linears that read the same input (q/k/v, or an MLP's gate and up) as ONE packed
+    matmul over their stacked weights; returns their outputs, in order, as views of its output.
+
+    One call over a [960, 576] matrix instead of three over [576|192|192, 576] (SmolLM2's q/k/v), and one
+    over [3072, 576] instead of two for gate/up: fewer, larger matmuls per decode step (each call has a
+    fixed cost; bench_rollout.py measures the step). Needs every bias present or every bias absent."""
+
+    def __init__(self, mods, rows: int):
+        w = torch.cat([m.weight.detach() for m in mods])  # [sum(out), in], freed after the reorder
+        self.weight = torch.ops.mkldnn._reorder_linear_weight(w, max(1, rows))  # [sum(out), in], blocked
+        self.bias = None if mods[0].bias is None else torch.cat([m.bias.detach() for m in mods])  # [sum(out)]
+        self.sizes = [m.weight.shape[0] for m in mods]
+
+    @staticmethod
+    def fusable(mods) -> bool:
+        return all(packable(m) for m in mods) and len({m.bias is None for m in mods}) == 1 and \
+            len({m.weight.shape[1] for m in mods}) == 1
+
+    def __call__(self, x):  # x [..., in] -> tuple of [..., out_i]
+        y = torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")  # [..., sum(out)]
+        return y.split(self.sizes, dim=-1)
+
+
 class PackedMLP:
-    """A gated MLP, down(act(gate(x)) * up(x)) (Llama, Qwen2/3, Mistral), on packed projections."""
+    """A gated MLP, down(act(gate(x)) * up(x)) (Llama, Qwen2/3, Mistral), on packed projections (gate and
+    up fused into one matmul)."""
 
     def __init__(self, mlp, rows: int):
-        self.gate, self.up, self.down = (PackedLinear(m, rows) for m in (mlp.gate_proj, mlp.up_proj, mlp.down_proj))
+        self.gate_up = PackedFused((mlp.gate_proj, mlp.up_proj), rows)
+        self.down = PackedLinear(mlp.down_proj, rows)
         self.act = mlp.act_fn
 
     def __call__(self, x):  # x [..., hidden] -> [..., hidden]
-        return self.down(self.act(self.gate(x)) * self.up(x))  # [..., inter] -> [..., hidden]
+        gate, up = self.gate_up(x)  # each [..., inter]
+        return self.down(self.act(gate) * up)  # [..., inter] -> [..., hidden]
 
 
 def pack(mod, rows: int):
