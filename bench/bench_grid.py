@@ -13,7 +13,7 @@ the other and prints one row per cell:
   RSS       peak resident memory, r1kit / TRL (goal <= 1.0x)
   reward    mean reward over the run's steps on each side (same model, rewards and data: equal within noise)
 
-    python bench/bench_grid.py                      # the whole grid (~75 min on the 2-core machine)
+    python bench/bench_grid.py                      # the whole grid (75-135 min on the 2-core machine)
     python bench/bench_grid.py --models tiny        # one model
     python bench/bench_grid.py --cells tiny/short/64 smollm2/r1/1024
     python bench/bench_grid.py --out bench/results/grid.json
