@@ -161,20 +161,19 @@ def test_grpo_run_scopes_the_policy_to_itself(tmp_path, allow):
     from r1kit.train.grpo_config import GRPOConfig
     from r1kit.train.tracking import read_metrics
 
+    def run(timeout, name):
+        return train(GRPOConfig(model_name_or_path="r1kit:tiny", dataset_name="r1kit:arithmetic", dataset_num_rows=8,
+                                num_generations=2, per_device_train_batch_size=4, max_completion_length=4,
+                                max_steps=1, save_steps=0, reward_funcs=[FLAG], allow_unsandboxed=allow,
+                                reward_timeout_s=timeout, disable_tqdm=True, output_dir=str(tmp_path / name)))
+
     if not allow and not isolation.probe().level.startswith("bwrap"):
         # no working bubblewrap here: a run that may not go unsandboxed is refused before it starts
         with pytest.raises(SandboxUnavailableError, match="allow_unsandboxed"):
-            train(GRPOConfig(model_name_or_path="r1kit:tiny", dataset_name="r1kit:arithmetic", dataset_num_rows=8,
-                             num_generations=2, per_device_train_batch_size=4, max_completion_length=4,
-                             max_steps=1, save_steps=0, reward_funcs=[FLAG], disable_tqdm=True,
-                             output_dir=str(tmp_path / "refused")))
+            run(None, "refused")
         assert unsandboxed_allowed() is False
         return
     for timeout in (None, 30.0):  # None: scored in this process; a number: in the killable worker process
-        out = train(GRPOConfig(model_name_or_path="r1kit:tiny", dataset_name="r1kit:arithmetic", dataset_num_rows=8,
-                               num_generations=2, per_device_train_batch_size=4, max_completion_length=4,
-                               max_steps=1, save_steps=0, reward_funcs=["sandbox_policy_rewards:policy_flag"],
-                               allow_unsandboxed=allow, reward_timeout_s=timeout, disable_tqdm=True,
-                               output_dir=str(tmp_path / f"run-{timeout}")))
+        out = run(timeout, f"run-{timeout}")
         assert read_metrics(out)[0]["rewards/policy_flag/mean"] == float(allow)
         assert unsandboxed_allowed() is False
