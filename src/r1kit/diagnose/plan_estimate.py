@@ -94,18 +94,29 @@ def groups_in(b: int, G: int) -> int:
     return -(-b // G) + 1
 
 
-def layer_saved(m: ModelShape, s: int, rows: int, q: int, keys: int, extra_per_token: int = 0) -> int:
+def layer_saved(m: ModelShape, s: int, rows: int, q: int, keys: int, extra_per_token: int = 0,
+                mlp_kept: int = 4) -> int:
     """Bytes one decoder layer keeps for backward (transformers' Llama/Qwen2 layer with sdpa and a mask),
     for `rows` x `q` query tokens attending to `keys` keys, as traced with saved_tensors_hooks: per query
     token 7 d (two RMSNorms: input, normalised, scaled; o_proj's input) + H hd (the attention output) +
-    4 I (gate, SiLU, up, their product) + `extra_per_token` bytes (LoRA dropout); per key the K and V
-    expanded to H heads (repeat_kv: a masked sdpa does not take grouped heads); the float mask [q, keys];
-    the fp32 logsumexp."""
-    per_token = 7 * m.hidden + m.heads * m.head_dim + 4 * m.intermediate
+    `mlp_kept` I (4: gate, SiLU, up, their product; 2 under models.lean_mlp: gate, up) + `extra_per_token`
+    bytes (LoRA dropout); per key the K and V expanded to H heads (repeat_kv: a masked sdpa does not take
+    grouped heads); the float mask [q, keys]; the fp32 logsumexp."""
+    per_token = 7 * m.hidden + m.heads * m.head_dim + mlp_kept * m.intermediate
     if m.model_type == "qwen3":  # q_norm / k_norm keep their inputs and outputs
         per_token += 2 * (m.heads + m.kv_heads) * m.head_dim
     return (s * rows * q * per_token + rows * q * extra_per_token + s * 2 * rows * keys * m.heads * m.head_dim
             + s * rows * q * keys + 4 * rows * m.heads * q)
+
+
+def mlp_kept(m: ModelShape, u: "Setup") -> int:
+    """[token, I] tensors an MLP keeps for backward in the training forward: 2 where models.lean_mlp runs it
+    (a lean-capable family, no gradient checkpointing, its down projection neither LoRA-wrapped nor an FSDP2
+    shard), else 4."""
+    if not m.lean_mlp or u.strategy == "fsdp2" or u.gradient_checkpointing:
+        return 4
+    down_wrapped = u.lora_r > 0 and any(n.split(".")[-1] == "down_proj" for n, _, _ in m.wrapped(u.lora_targets))
+    return 4 if down_wrapped else 2
 
 
 def lora_dropout_bytes(m: ModelShape, u: "Setup") -> int:
@@ -165,19 +176,19 @@ def training_activations(m: ModelShape, u: Setup, checkpointing: bool, grads: in
     share = shares_prompts(m, u)
     g = groups_in(b, u.generations) if share else b
     grouped = m.kv_heads < m.heads
-    lf = lora_dropout_bytes(m, u)
+    lf, k = lora_dropout_bytes(m, u), mlp_kept(m, u)
     if share:  # each group's prompt runs once (g rows x P), the completions on top (b rows x T, keys P + T)
         seg = [(g, P, P), (b, T, P + T)]
         tokens = g * P + b * T
         cache = L * kv * (b * P + (g * P + b * (P + T) if grouped or checkpointing else 0))
-        prompt_saved = L * layer_saved(m, s, g, P, P, lf) + 3 * m.hidden * s * g * P
-        prompt_held = L * m.hidden * s * g * P + 2 * layer_saved(m, s, g, P, P, lf)
+        prompt_saved = L * layer_saved(m, s, g, P, P, lf, k) + 3 * m.hidden * s * g * P
+        prompt_held = L * m.hidden * s * g * P + 2 * layer_saved(m, s, g, P, P, lf, k)
     else:  # one plain forward over [prompt | completion]
         seg = [(b, P + T, P + T)]
         tokens = b * (P + T)
         cache = L * kv * b * (P + T) if grouped or checkpointing else 0
         prompt_saved = prompt_held = 0
-    one_layer = max(layer_saved(m, s, *x, lf) for x in seg)
+    one_layer = max(layer_saved(m, s, *x, lf, k) for x in seg)
     logits, chunks = head_bytes(m, u, b * T)
     E = m.embedding * s if u.lora_r == 0 else 0  # the LM head's / embedding's weight gradient (LoRA: frozen)
     end_extra = 2 * E if m.tied else E  # the embedding's dense gradient (+ its sum into the tied head's)
@@ -190,7 +201,7 @@ def training_activations(m: ModelShape, u: Setup, checkpointing: bool, grads: in
         ending = cache + prompt_held + end_extra
         saved = held
     else:
-        saved = L * sum(layer_saved(m, s, *x, lf) for x in seg) + 3 * m.hidden * s * tokens
+        saved = L * sum(layer_saved(m, s, *x, lf, k) for x in seg) + 3 * m.hidden * s * tokens
         forward = saved + cache + logits + chunks
         start = saved + 2 * logits + chunks + E + head_sum
         layers = saved

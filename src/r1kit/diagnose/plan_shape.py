@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from r1kit.models.lean_mlp import leanable
 from r1kit.models.loading import TINY_PREFIX, ModelLoadError, shipped_model_path
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -38,6 +39,7 @@ class ModelShape:
     dtype: str | None = None    # the checkpoint's dtype (what dtype=auto loads), when the config names one
     source: str = "folder"      # folder | hub | gguf | built
     file_bytes: int = 0         # size of the weights file(s) read at load (GGUF, safetensors)
+    lean_mlp: bool = False      # gated SiLU MLPs the trainer runs with models.lean_mlp (2, not 4, [token, I] saved)
 
     @property
     def embedding(self) -> int:
@@ -86,7 +88,7 @@ def from_model(model, name: str, source: str = "built", file_bytes: int = 0) -> 
         tied=out_emb is None or out_emb.weight is model.get_input_embeddings().weight,
         largest_layer=max((sum(p.numel() for p in layer.parameters()) for layer in layers), default=0),
         linears=linears, dtype=str(dtype).replace("torch.", "") if dtype is not None else None,
-        source=source, file_bytes=file_bytes)
+        source=source, file_bytes=file_bytes, lean_mlp=any(leanable(mod) for mod in model.modules()))
 
 
 def _decoder_layers(model) -> list:

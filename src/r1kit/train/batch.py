@@ -20,6 +20,7 @@ from r1kit.algo.linear_logprobs import FUSED_CHUNK_ELEMENTS, fuse_pays, linear_s
 from r1kit.algo.logprobs import chunk_rows, selective_log_softmax, selective_log_softmax_with_entropy
 from r1kit.models.forward_cost import sharing_pays
 from r1kit.models.heads import plain_head
+from r1kit.models.lean_mlp import lean_mlps
 from r1kit.models.loading import cache_kwarg
 
 
@@ -233,6 +234,8 @@ def completion_logps(model, batch: Batch, temperature: float = 1.0, with_entropy
       the completions run on top of it. Gradients flow back through the shared cache (summed over
       the group, as in the per-row forward). With G completions per prompt this removes (G-1)/G of
       the prompt tokens from the forward and backward;
+    - with gradients on, gated MLPs keep g and u only and recompute the rest in the backward
+      (`models.lean_mlp`; same gradients, 2 of 4 [tokens, inter] tensors per layer saved);
     - log-probs and entropy come from one chunked fp32 pass (`selective_log_softmax_with_entropy`); with
       `head` "fused" (or "auto" on big logits, `choose_head`) that pass also runs the LM head on the
       decoder's hidden states chunk by chunk, so the [b, n, V] logits never exist.
@@ -259,9 +262,10 @@ def completion_logps(model, batch: Batch, temperature: float = 1.0, with_entropy
         module = model if fused is None else fused[0]
         if cache is not None:
             kw[cache_kwarg(module)] = cache
-        if fused is None:
-            return model(**kw, logits_to_keep=keep).logits
-        hidden = module(**kw).last_hidden_state  # [b, L, d]
+        with lean_mlps(module, torch.is_grad_enabled()):  # gated MLPs keep half their activations for backward
+            if fused is None:
+                return model(**kw, logits_to_keep=keep).logits
+            hidden = module(**kw).last_hidden_state  # [b, L, d]
         return hidden[:, -keep:] if keep else hidden
 
     def score(logits, index):  # [b, n, V] (or hidden [b, n, d]), [b, n] -> log-probs (and entropies) [b, n]

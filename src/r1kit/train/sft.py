@@ -29,6 +29,7 @@ from r1kit.algo import selective_log_softmax
 from r1kit.data.datasets import DataError
 from r1kit.data.sft_data import SFTBatch, build_examples, collate, fingerprint, load_sft_rows, pack_examples
 from r1kit.models.loading import load_model_and_tokenizer
+from r1kit.models.lean_mlp import lean_mlps
 from r1kit.train.sft_config import SFTConfig
 from r1kit.train.skeleton import TrainRun
 
@@ -141,7 +142,8 @@ def sft_loss(model, batch: SFTBatch, num_items: float | None = None) -> tuple[to
     token t+1; the loss mask of token t+1 says whether it counts. Returns (loss, stats) with
     `stats["correct"]`: loss tokens whose argmax prediction is right, and `stats["token_logps"]` [B, L-1].
     """
-    out = model(input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=None, use_cache=False)
+    with lean_mlps(model, torch.is_grad_enabled()):  # gated MLPs: half the activations kept for backward
+        out = model(input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=None, use_cache=False)
     logits = out.logits[:, :-1, :]  # [B, L-1, V]  position t predicts token t+1
     targets = batch.input_ids[:, 1:]  # [B, L-1]
     mask = batch.loss_mask[:, 1:].to(torch.float32)  # [B, L-1]
