@@ -25,8 +25,9 @@ def llama_with_bias():
     return LlamaForCausalLM(cfg).train()
 
 
-def grads_and_saved(model, ids, lean: bool):
-    """(loss, every parameter's gradient, bytes autograd saved for backward) of one forward + backward."""
+def grads_and_saved(model, ids, lean: bool, autocast=None):
+    """(loss, every parameter's gradient, bytes autograd saved for backward) of one forward + backward
+    (the forward under `autocast`, a dtype, if given; the backward outside it, as a training loop runs)."""
     model.zero_grad()
     saved = [0]
 
@@ -34,9 +35,10 @@ def grads_and_saved(model, ids, lean: bool):
         saved[0] += t.numel() * t.element_size()
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+            torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
         with lean_mlps(model, lean) as swapped:
-            logits = model(input_ids=ids).logits  # [B, L, V]
+            logits = model(input_ids=ids).logits.float()  # [B, L, V]
     assert swapped == (LAYERS if lean else 0)
     loss = torch.log_softmax(logits, -1)[..., 3].mean()
     loss.backward()
@@ -55,6 +57,19 @@ def test_same_loss_and_gradients_with_half_the_mlp_activations(make):
     # plain autograd keeps gate(x), silu(gate(x)), up(x) and their product per layer; lean keeps gate and up:
     # 2 tensors x 33 tokens x 96 inter x 4 bytes x 2 layers = 50,688 bytes fewer
     assert saved0 - saved1 == 2 * 33 * INTER * 4 * LAYERS
+
+
+def test_under_bf16_autocast_as_plain_autograd_is():
+    """accelerate's mixed precision runs the forward under autocast (bf16 activations, fp32 weights): the
+    backward must follow the forward's dtypes, and end at the same gradients as plain autograd's."""
+    model = qwen2()
+    ids = torch.randint(0, 64, (2, 9))
+    loss0, g0, _ = grads_and_saved(model, ids, lean=False, autocast=torch.bfloat16)
+    loss1, g1, _ = grads_and_saved(model, ids, lean=True, autocast=torch.bfloat16)
+    assert loss1 == loss0
+    for name, g in g0.items():
+        assert g1[name].dtype == g.dtype == torch.float32
+        torch.testing.assert_close(g1[name], g, rtol=2e-2, atol=1e-4, msg=name)
 
 
 def test_the_model_is_restored_after_the_block_even_on_error():

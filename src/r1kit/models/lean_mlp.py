@@ -40,16 +40,19 @@ class _SwiGLUDown(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):  # grad [..., H]
         g, u, weight = ctx.saved_tensors
+        # under autocast the forward's matmul ran in the activations' dtype (bf16 g, u, fp32 weight): so here
+        dt = g.dtype
+        grad = grad.to(dt)  # [..., H]
         a = F.silu(g)  # [..., I]  recomputed
-        dh = grad @ weight  # [..., I]
+        dh = grad @ weight.to(dt)  # [..., I]
         dg = torch.ops.aten.silu_backward(dh * u, g)  # [..., I]  d/dg of silu(g), times dh * u
         du = dh * a  # [..., I]
         dw = db = None
         if ctx.needs_input_grad[2]:
             h = a * u  # [..., I]  recomputed
-            dw = grad.reshape(-1, grad.shape[-1]).t() @ h.reshape(-1, h.shape[-1])  # [H, I]
+            dw = (grad.reshape(-1, grad.shape[-1]).t() @ h.reshape(-1, h.shape[-1])).to(weight.dtype)  # [H, I]
         if ctx.has_bias and ctx.needs_input_grad[3]:
-            db = grad.reshape(-1, grad.shape[-1]).sum(0)  # [H]
+            db = grad.reshape(-1, grad.shape[-1]).sum(0).to(weight.dtype)  # [H]
         return dg, du, dw, db
 
 
