@@ -20,6 +20,7 @@ two of 4 rows, then all-reduces; padding widths differ too. Same math, different
 order, so the results agree to float32 round-off: allclose(rtol=1e-5, atol=1e-6), not bitwise.
 """
 
+import math
 import os
 import socket
 import zlib
@@ -150,6 +151,49 @@ def test_two_processes_equal_one_with_doubled_batch(tmp_path, monkeypatch):
         # all but a handful within 1e-6.
         assert diff.max().item() <= 1e-5, name
         assert int((diff > 1e-6).sum()) <= 1e-4 * diff.numel(), name
+
+
+def parity_reward(prompts, completions, **columns):
+    """Prompts of even length score every completion 0.5 (advantage 0: their rows may skip the backward);
+    the others score the completion's length in characters (which a random model's samples vary)."""
+    return [0.5 if len(p) % 2 == 0 else len(c) / 100 for p, c in zip(prompts, completions)]
+
+
+def test_two_processes_skip_zero_advantage_rows_like_one(tmp_path, monkeypatch):
+    """beta 0: rows with advantage 0 run forward only (skip_zero_advantage_backward). The ranks hold different
+    numbers of such rows, yet must run as many backward passes (FSDP2's are collectives): the 2-process runs
+    still equal the 1-process run."""
+    _patch_engine(monkeypatch)
+    from r1kit.train.grpo import train
+
+    kw = dict(beta=0.0, scale_rewards="group", reward_funcs=["test_distributed:parity_reward"],
+              gradient_accumulation_steps=4, max_steps=4)  # 2 groups per rank per step, micro-batches of 2 rows
+    single = train(GRPOConfig(**cfg_dict(tmp_path / "single", per_device=4, **kw)))
+    runs = [cfg_dict(tmp_path / name, per_device=2, distributed_strategy=name, **kw) for name in ("ddp", "fsdp2")]
+    mp.spawn(_worker, args=(2, _free_port(), runs), nprocs=2, join=True)
+    # the case that needs the agreement: a step where one rank (rows 0-7 rank 0, 8-15 rank 1; micro-batches of 2)
+    # needs fewer backward passes than the other, which needs fewer than all 4, so both skip some and one of
+    # them also back-propagates rows whose loss is 0 to match the other's count
+    import json
+
+    def passes(advantages):
+        return max(1, math.ceil(sum(a != 0 for a in advantages) / 2))
+
+    per_rank = []
+    for f in sorted((tmp_path / "ddp" / "completions").glob("step-*.jsonl")):
+        adv = [json.loads(line)["advantage"] for line in f.read_text().splitlines()]
+        per_rank.append((passes(adv[:8]), passes(adv[8:])))
+    assert any(a != b and max(a, b) < 4 for a, b in per_rank), per_rank
+    ref_metrics, ref_w = read_metrics(single), _weights(single)
+    for name in ("ddp", "fsdp2"):
+        metrics = read_metrics(tmp_path / name)
+        assert any(m["frac_backward_skipped"] > 0 for m in metrics), name
+        for a, b in zip(ref_metrics, metrics):
+            for key in ("loss", "reward", "entropy", "grad_norm", "frac_reward_zero_std"):
+                assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), (name, a["step"], key)
+        w = _weights(tmp_path / name)
+        diff = torch.cat([(w[k] - ref_w[k]).abs().flatten() for k in ref_w])
+        assert diff.max().item() <= 1e-5 and int((diff > 1e-6).sum()) <= 1e-4 * diff.numel(), name  # as above
 
 
 def test_strategy_from_accelerate_environment(monkeypatch):

@@ -10,6 +10,7 @@ them, so the trainer's log-probs of an unchanged policy equal the engine's.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 
 import torch
@@ -336,3 +337,34 @@ def batched_logps(model, batch: Batch, micro_batch_size: int, temperature: float
              for i in range(0, len(batch), micro_batch_size)]
     model.train(was_training)
     return torch.cat(parts)  # [B, T]
+
+
+
+def micro_batches(needs_grad: torch.Tensor, size: int,
+                  with_grad: int | None = None) -> list[tuple[slice | torch.Tensor, bool]]:
+    """An update's micro-batches of at most `size` rows: (rows, run the backward) pairs covering every row once.
+
+    `needs_grad` [B] marks the rows whose loss has a gradient (GRPO with beta 0: advantage != 0). They run
+    first, in order, in as few micro-batches as hold them; the others run after them, forward only (their
+    statistics are still wanted). At least one row runs a backward, so every parameter gets its gradient, zero
+    or not, as without skipping. Where every process must run as many forward and backward passes (sharded
+    weights: each pass is a collective), `with_grad` is the maximum over processes of `grad_batches`: that many
+    micro-batches of `size` rows run a backward, filled up with rows without a gradient, then the rest, as many
+    micro-batches as without skipping. When every row gets a backward the micro-batches are the plain
+    consecutive slices, so nothing changes where nothing is skipped."""
+    B = needs_grad.shape[0]
+    grad_rows, other = needs_grad.nonzero().squeeze(1), (~needs_grad).nonzero().squeeze(1)  # [n], [B - n]
+    if len(grad_rows) == B or (with_grad is not None and with_grad * size >= B):
+        return [(slice(s, s + size), True) for s in range(0, B, size)]
+    if with_grad is not None:  # the first with_grad x size rows of [grad rows | others] run a backward
+        order, cut = torch.cat([grad_rows, other]), with_grad * size  # [B]
+        grad_rows, other = order[:cut], order[cut:]
+    elif len(grad_rows) == 0:  # one row's backward: zero gradients, not none
+        grad_rows, other = other[:1], other[1:]
+    return [(grad_rows[s:s + size], True) for s in range(0, len(grad_rows), size)] + \
+        [(other[s:s + size], False) for s in range(0, len(other), size)]
+
+
+def grad_batches(needs_grad: torch.Tensor, size: int) -> int:
+    """How many micro-batches of `size` rows the rows marked in `needs_grad` [B] fill (at least 1)."""
+    return max(1, math.ceil(int(needs_grad.sum()) / size))

@@ -35,7 +35,7 @@ from r1kit.rollout import RolloutError, SamplingParams, make_engine
 from r1kit.rollout.base import ALIASES
 from r1kit.sandbox import sandbox_policy
 from r1kit.train.ahead import Ahead, CopyingEngine, RolloutCopy
-from r1kit.train.batch import Batch, batched_logps, collate, completion_logps
+from r1kit.train.batch import Batch, batched_logps, collate, completion_logps, grad_batches, micro_batches
 from r1kit.train.checkpoint import CheckpointError
 from r1kit.train.grpo_config import GRPOConfig
 from r1kit.train.rollouts import (PromptSet, Rewarder, Rollouts, generate_group_slice, generate_rollouts,
@@ -47,7 +47,8 @@ log = logging.getLogger("r1kit.grpo")
 
 # Options that may change on resume besides checkpoint.RESUMABLE_CHANGES (they do not change what is trained).
 ALSO_RESUMABLE = frozenset({"log_completions", "reward_timeout_s", "max_reward_failure_fraction",
-                            "rollout_engine_kwargs"})  # e.g. a restarted server's new URL
+                            "rollout_engine_kwargs",  # e.g. a restarted server's new URL
+                            "skip_zero_advantage_backward"})  # the same updates either way
 
 
 def train(cfg: GRPOConfig, callback=None) -> Path:
@@ -318,6 +319,8 @@ class LossStats:
     grad_norm: float = 0.0  # before clipping
     pass0_logps: torch.Tensor | None = None  # [B, T] the trainer's log-probs when they are the sampling policy's
     correction: dict[str, float] | None = None  # sums and extremes of the importance weights
+    rows: int = 0  # completions in the update (this rank)
+    forward_only: int = 0  # of which run without a backward pass: their loss is exactly 0
 
     def add(self, stats: dict, n_tokens: float) -> None:
         for k, v in stats.items():
@@ -347,36 +350,53 @@ def policy_update(run: TrainRun, model, batch: Batch, advantages: torch.Tensor, 
     in micro-batches, normalised over those rows of every rank, then the update. With `correct` (and the
     engine's log-probs) each token's loss is weighted by pi_trainer_old / pi_sampler, truncated or masked
     (`track_correction`: the weights' statistics are recorded). Without `old_logps` the trainer's own log-probs
-    are the sampling policy's (ratio 1) and are returned as `pass0_logps`."""
+    are the sampling policy's (ratio 1) and are returned as `pass0_logps`. Rows whose loss is exactly 0
+    (advantage 0, `skips_zero_advantage`) go last and run forward only, for the statistics (`micro_batches`)."""
     cfg, rt, mbs = run.cfg, run.rt, run.cfg.per_device_train_batch_size
     norm = rt.sum(loss_normalizer(batch.completion_mask, cfg.loss_type, cfg.max_completion_length,
                                   micro_batch_size=mbs)) / rt.world_size
     out = LossStats({})
-    first_pass: list[torch.Tensor] = []
-    for s in range(0, len(batch), mbs):
-        sl = slice(s, s + mbs)
-        mb = batch.select(sl)
-        logps, entropy = completion_logps(model, mb, cfg.temperature, with_entropy=True)  # [b, T]
-        old = old_logps[sl] if old_logps is not None else logps.detach()  # one update per batch: ratio is 1
-        if old_logps is None:  # whose log-probs are the sampling policy's
-            first_pass.append(old)
-        weights = sampler_weights(cfg, old, mb) if correct and mb.sampler_logps is not None else None
-        if weights is not None and track_correction:
-            out.add_correction(sampler_correction_stats(weights, mb.completion_mask, cfg.vllm_importance_sampling_mode))
-        loss, stats = policy_loss(logps, old, advantages[sl], mb.completion_mask,
-                                  loss_type=cfg.loss_type, eps_low=cfg.epsilon, eps_high=cfg.epsilon_high,
-                                  beta=cfg.beta, ref_logp=None if ref_logps is None else ref_logps[sl],
-                                  kl=cfg.kl_estimator, max_completion_length=cfg.max_completion_length,
-                                  num_items=norm, importance_sampling_level=cfg.importance_sampling_level,
-                                  sapo_temperature_pos=cfg.sapo_temperature_pos,
-                                  sapo_temperature_neg=cfg.sapo_temperature_neg, token_weights=weights)
-        loss.backward()
+    needs_grad = (advantages != 0 if skips_zero_advantage(cfg)
+                  else torch.ones_like(advantages, dtype=torch.bool))  # [B] rows whose loss has a gradient
+    first_pass = None  # [B, T] without old_logps: the trainer's log-probs, the sampling policy's
+    lockstep = int(rt.max(grad_batches(needs_grad, mbs))) if rt.sharded else None  # every rank as many passes
+    for rows, grad in micro_batches(needs_grad, mbs, lockstep):
+        mb = batch.select(rows)
+        with torch.set_grad_enabled(grad):  # the others' loss is exactly 0: forward only, for the statistics
+            logps, entropy = completion_logps(model, mb, cfg.temperature, with_entropy=True)  # [b, T]
+            old = old_logps[rows] if old_logps is not None else logps.detach()  # one update per batch: ratio 1
+            if old_logps is None:
+                first_pass = old.new_empty(batch.completion_mask.shape) if first_pass is None else first_pass
+                first_pass[rows] = old
+            weights = sampler_weights(cfg, old, mb) if correct and mb.sampler_logps is not None else None
+            if weights is not None and track_correction:
+                out.add_correction(sampler_correction_stats(weights, mb.completion_mask,
+                                                            cfg.vllm_importance_sampling_mode))
+            loss, stats = policy_loss(logps, old, advantages[rows], mb.completion_mask,
+                                      loss_type=cfg.loss_type, eps_low=cfg.epsilon, eps_high=cfg.epsilon_high,
+                                      beta=cfg.beta, ref_logp=None if ref_logps is None else ref_logps[rows],
+                                      kl=cfg.kl_estimator, max_completion_length=cfg.max_completion_length,
+                                      num_items=norm, importance_sampling_level=cfg.importance_sampling_level,
+                                      sapo_temperature_pos=cfg.sapo_temperature_pos,
+                                      sapo_temperature_neg=cfg.sapo_temperature_neg, token_weights=weights)
+        if grad:
+            loss.backward()
+        else:
+            out.forward_only += len(mb)
+        out.rows += len(mb)
         out.loss += loss.item()
         stats["entropy"] = masked_mean(entropy, mb.completion_mask)
         out.add(stats, mb.completion_mask.sum().item())
     out.grad_norm = run.update(step)
-    out.pass0_logps = torch.cat(first_pass) if first_pass else None
+    out.pass0_logps = first_pass
     return out
+
+
+def skips_zero_advantage(cfg: GRPOConfig) -> bool:
+    """Whether completions with advantage 0 may skip their backward: with beta 0 every surrogate's per-token
+    loss is A x (something finite), so theirs and its gradient are exactly 0; bnpo divides each micro-batch by
+    its own token count, which they are part of."""
+    return cfg.skip_zero_advantage_backward and cfg.beta == 0 and cfg.loss_type != "bnpo"
 
 
 def batch_correction_metrics(run: TrainRun, batch: Batch, old_logps: torch.Tensor) -> dict:
@@ -468,6 +488,8 @@ def update_metrics(run: TrainRun, gen: GenerationBatch, stats: LossStats, timing
         "timing_s/step": step_time,
         "perf/tokens_per_sec": rt.sum(trained_tokens) / step_time,  # completion tokens this update trained on
     }
+    if skips_zero_advantage(cfg):  # rows of this update whose loss was exactly 0, run without a backward pass
+        metrics["frac_backward_skipped"] = rt.sum(stats.forward_only) / max(rt.sum(stats.rows), 1.0)
     if cfg.beta == 0:
         metrics.pop("kl", None)
     return metrics | gen.sampler

@@ -76,6 +76,11 @@ class GRPOConfig(TRLGRPOArgs, TrainingArgs, ModelArgs):
     mask_truncated_completions: bool = field(False, help="Exclude completions cut by max_completion_length from the loss.")
     dynamic_sampling: bool = field(False, help="DAPO: drop groups whose rewards all agree and refill the batch.")
     max_resample_rounds: int = field(4, help="Dynamic sampling: at most this many extra generation rounds per step.")
+    skip_zero_advantage_backward: bool = field(True, help="Completions whose advantage is exactly 0 (a group whose "
+                                               "rewards all agree) run forward only, for the logged statistics: with "
+                                               "beta 0 their loss and its gradient are exactly 0, so the update is the "
+                                               "same without their backward pass. Not with beta > 0 (the KL term has a "
+                                               "gradient) or loss_type bnpo (its micro-batch token means count them).")
 
     # ---- sampler/trainer mismatch and async generation ----
     async_generation: bool = field(False, help="Generate the next step's batch while this step trains (one step "

@@ -40,7 +40,7 @@ _GROUP_OF = {name: group for group, names in {
                   "max_staleness generation_kwargs min_p repetition_penalty",
     "loss": "beta kl_estimator epsilon epsilon_high loss_type importance_sampling_level sapo_temperature_pos "
             "sapo_temperature_neg scale_rewards num_iterations mask_truncated_completions dynamic_sampling "
-            "max_resample_rounds sync_ref_model",
+            "max_resample_rounds skip_zero_advantage_backward sync_ref_model",
     "rewards": "allow_unsandboxed max_reward_failure_fraction",
     "training": "learning_rate lr_scheduler_type warmup_ratio weight_decay adam_beta1 adam_beta2 max_grad_norm "
                 "max_steps num_train_epochs per_device_train_batch_size gradient_accumulation_steps "
