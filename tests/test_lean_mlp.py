@@ -122,3 +122,39 @@ def test_the_planner_counts_what_the_trainer_keeps():
     assert mlp_kept(shape, Setup(**base, strategy="fsdp2")) == 4
     assert mlp_kept(shape, Setup(**base, lora_r=8, lora_targets=["q_proj", "v_proj"])) == 2
     assert mlp_kept(shape, Setup(**base, lora_r=8)) == 4  # all-linear wraps down_proj
+
+
+def test_the_reward_model_trainer_runs_lean_with_the_same_gradients(monkeypatch):
+    """`rm.pair_rewards` (a sequence-classification backbone) swaps the MLPs when gradients are on: the same
+    Bradley-Terry loss and gradients as plain autograd, with 2 [tokens, inter] tensors per layer fewer saved."""
+    from transformers import Qwen2ForSequenceClassification
+
+    from r1kit.train import rm
+
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=64, hidden_size=HIDDEN, intermediate_size=INTER, num_hidden_layers=LAYERS,
+                      num_attention_heads=4, num_key_value_heads=2, num_labels=1, pad_token_id=0)
+    model = Qwen2ForSequenceClassification(cfg).train()
+    pairs = [([5, 6, 7, 8], [5, 6, 9]), ([10, 11, 12], [10, 13, 14, 15, 16])]  # 4 texts padded to 5 tokens
+
+    def run():
+        model.zero_grad()
+        saved = [0]
+
+        def pack(t):
+            saved[0] += t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            r_c, r_r = rm.pair_rewards(model, pairs, 0, "cpu")
+        loss = rm.bt_loss(r_c, r_r)
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}, saved[0]
+
+    loss1, g1, saved1 = run()
+    with monkeypatch.context() as m:
+        m.setattr(rm, "lean_mlps", lambda model, enabled=True: lean_mlps(model, False))  # plain autograd
+        loss0, g0, saved0 = run()
+    assert loss1 == loss0 and saved0 - saved1 == 2 * (4 * 5) * INTER * 4 * LAYERS
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], rtol=0, atol=0, msg=name)

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from r1kit.data.datasets import DataError
+from r1kit.models.lean_mlp import lean_mlps
 from r1kit.models.loading import TINY_PREFIX, load_model_and_tokenizer, lora_config, save_model
 from r1kit.rewards.reward_model import (META_FILE, load_reward_model, prepare_reward_tokenizer, resolve_template,
                                         rm_text, segment_text)
@@ -174,7 +175,8 @@ def pair_rewards(model, pairs: list[tuple[list[int], list[int]]], pad_id: int, d
     for i, s in enumerate(seqs):
         ids[i, :len(s)] = torch.tensor(s)
         mask[i, :len(s)] = 1
-    rewards = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, 0].float()  # [2b]
+    with lean_mlps(model, torch.is_grad_enabled()):  # gated MLPs: half the activations kept for backward
+        rewards = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, 0].float()  # [2b]
     return rewards[:len(pairs)], rewards[len(pairs):]
 
 
