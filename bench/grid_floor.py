@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
@@ -28,11 +27,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_grid import MODELS  # noqa: E402
 from bench_grpo_vs_trl import WORKLOADS  # noqa: E402
-
-
-def median(cell: dict, side: str, key: str) -> float:
-    steps = [s[key] for run in cell["results"][side] for s in run["steps"][1:]]
-    return statistics.median(steps or [s[key] for run in cell["results"][side] for s in run["steps"]])
 
 
 def main():
@@ -44,9 +38,9 @@ def main():
     print("|---|---|---|---|---|---|---|---|---|")
     for name, cell in raw.items():
         peak, flops = cell["peak_gflops"] * 1e9, cell["flops"]
-        budget = 0.5 * median(cell, "trl", "step") - median(cell, "r1kit", "rest")
-        train = median(cell, "r1kit", "logp_fwd") + median(cell, "r1kit", "backward")
-        gen = median(cell, "r1kit", "generate")
+        ours, trl = cell["medians"]["r1kit"], cell["medians"]["trl"]  # per step, as the grid's table reads them
+        budget = 0.5 * trl["step"] - ours["rest"]
+        train, gen = ours["logp_fwd"] + ours["backward"], ours["generate"]
         model, _, completion = name.split("/")
         w = WORKLOADS[MODELS[model]]
         rows, prompt, completion = w["prompts"] * w["generations"], flops["prompt_tokens"], int(completion)
@@ -55,7 +49,7 @@ def main():
         gen_floor = flops["generate"] / peak
         need = (train_floor + gen_floor) / budget
         left = budget - train
-        print(f"| {name} | {median(cell, 'trl', 'step'):.2f} | {budget:.2f} | {train:.2f} | {train_floor:.2f} | "
+        print(f"| {name} | {trl['step']:.2f} | {budget:.2f} | {train:.2f} | {train_floor:.2f} | "
               f"{gen:.2f} | {gen_floor:.2f} | **{need:.0%}** | {left / gen:.2f}x"
               f"{' (below its floor)' if left < gen_floor else ''} |")
 
