@@ -9,6 +9,7 @@ import torch
 from r1kit.algo import (
     AGGREGATIONS,
     IS_LEVELS,
+    MICRO_BATCH_NORMALISED,
     IS_MODES,
     SURROGATES,
     importance_log_ratio,
@@ -68,6 +69,31 @@ def test_registries_list_every_loss_type_with_a_help_line():
         policy_loss(logp, old, torch.ones(1), torch.ones(1, 1), loss_type="sapo", sapo_temperature_neg=0.0)
     with pytest.raises(ValueError, match="token_weights"):
         policy_loss(logp, old, torch.ones(1), torch.ones(1, 1), token_weights=torch.ones(1, 2))
+
+
+@pytest.mark.parametrize("loss_type", sorted(AGGREGATIONS))
+def test_zero_advantage_rows_can_leave_the_micro_batch_unless_it_normalises_itself(loss_type):
+    """What the trainer's forward-only rows rely on (beta 0): with the full batch's num_items, rows with
+    advantage 0 add exactly 0 to the loss and the gradient, so the other rows alone give the same loss and
+    gradients, except for MICRO_BATCH_NORMALISED loss types, whose normaliser counts the rows in the call."""
+    logp0, old, _, mask = _random_batch(5)
+    adv = torch.tensor([0.7, 0.0, -1.1, 0.0, 0.4, 0.0])  # rows 1, 3, 5 carry no signal
+    kw = dict(loss_type=loss_type, eps_low=0.2, eps_high=5.0 if loss_type == "cispo" else 0.28,
+              num_items=loss_normalizer(mask, loss_type))
+    full_logp = logp0.clone().requires_grad_()
+    full = policy_loss(full_logp, old, adv, mask, **kw)[0]
+    full.backward()
+    keep = adv != 0
+    part_logp = logp0.clone().requires_grad_()
+    part = policy_loss(part_logp[keep], old[keep], adv[keep], mask[keep], **kw)[0]
+    part.backward()
+    zero_rows = policy_loss(logp0[~keep], old[~keep], adv[~keep], mask[~keep], **kw)[0]
+    if loss_type in MICRO_BATCH_NORMALISED:  # the token mean over 3 rows differs from the one over 6
+        assert not torch.allclose(part, full)
+        return
+    assert zero_rows.item() == 0.0 and torch.equal(full_logp.grad[~keep], torch.zeros_like(logp0[~keep]))
+    close(part, full)
+    close(part_logp.grad, full_logp.grad)
 
 
 # ----------------------------------------------------------------------------- token_weights=None

@@ -4,7 +4,7 @@ Tensors and floats in, tensors out; torch only (no config objects, no I/O, no tr
 """
 
 from .advantages import SCALES, group_advantages, zero_std_groups
-from .aggregations import AGGREGATIONS, loss_normalizer
+from .aggregations import AGGREGATIONS, MICRO_BATCH_NORMALISED, loss_normalizer
 from .drift import sampler_drift
 from .kl import KL_ESTIMATORS, LOG_RATIO_CLAMP, kl_estimate
 from .linear_logprobs import linear_selective_log_softmax
@@ -27,6 +27,7 @@ __all__ = [
     "IS_MODES",
     "KL_ESTIMATORS",
     "LOG_RATIO_CLAMP",
+    "MICRO_BATCH_NORMALISED",
     "SCALES",
     "SURROGATES",
     "cispo_surrogate",

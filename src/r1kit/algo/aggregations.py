@@ -38,7 +38,7 @@ from torch import Tensor
 
 from .logprobs import masked_mean
 
-__all__ = ["AGGREGATIONS", "loss_normalizer"]
+__all__ = ["AGGREGATIONS", "MICRO_BATCH_NORMALISED", "loss_normalizer"]
 
 Aggregation = Callable[[Tensor, Tensor, "int | None"], "tuple[Tensor, Tensor]"]
 
@@ -101,6 +101,12 @@ AGGREGATIONS: dict[str, Aggregation] = {
     "cispo": _agg_cispo,
     "sapo": _agg_sapo,
 }
+
+
+# loss_types whose normaliser is each micro-batch's own (bnpo: its token mean): a row's share of the loss then
+# depends on which rows share its micro-batch, so rows cannot be moved between micro-batches (or left out of
+# one, even with a zero per-token loss) without changing the others' gradients
+MICRO_BATCH_NORMALISED = frozenset({"bnpo"})
 
 
 def get_aggregation(loss_type: str) -> Aggregation:

@@ -339,7 +339,6 @@ def batched_logps(model, batch: Batch, micro_batch_size: int, temperature: float
     return torch.cat(parts)  # [B, T]
 
 
-
 def micro_batches(needs_grad: torch.Tensor, size: int,
                   with_grad: int | None = None) -> list[tuple[slice | torch.Tensor, bool]]:
     """An update's micro-batches of at most `size` rows: (rows, run the backward) pairs covering every row once.

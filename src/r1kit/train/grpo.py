@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from r1kit.algo import (group_advantages, loss_normalizer, masked_mean, policy_loss, sampler_correction_stats,
-                        sampler_correction_weights, sampler_drift, zero_std_groups)
+from r1kit.algo import (MICRO_BATCH_NORMALISED, group_advantages, loss_normalizer, masked_mean, policy_loss,
+                        sampler_correction_stats, sampler_correction_weights, sampler_drift, zero_std_groups)
 from r1kit.data.datasets import DataError
 from r1kit.diagnose.plan import preflight
 from r1kit.models.loading import load_model_and_tokenizer
@@ -394,9 +394,9 @@ def policy_update(run: TrainRun, model, batch: Batch, advantages: torch.Tensor, 
 
 def skips_zero_advantage(cfg: GRPOConfig) -> bool:
     """Whether completions with advantage 0 may skip their backward: with beta 0 every surrogate's per-token
-    loss is A x (something finite), so theirs and its gradient are exactly 0; bnpo divides each micro-batch by
-    its own token count, which they are part of."""
-    return cfg.skip_zero_advantage_backward and cfg.beta == 0 and cfg.loss_type != "bnpo"
+    loss is A x (something finite), so theirs and its gradient are exactly 0, unless the loss is normalised per
+    micro-batch (bnpo's token mean counts their tokens)."""
+    return cfg.skip_zero_advantage_backward and cfg.beta == 0 and cfg.loss_type not in MICRO_BATCH_NORMALISED
 
 
 def batch_correction_metrics(run: TrainRun, batch: Batch, old_logps: torch.Tensor) -> dict:
