@@ -365,9 +365,10 @@ def policy_update(run: TrainRun, model, batch: Batch, advantages: torch.Tensor, 
         with torch.set_grad_enabled(grad):  # the others' loss is exactly 0: forward only, for the statistics
             logps, entropy = completion_logps(model, mb, cfg.temperature, with_entropy=True)  # [b, T]
             old = old_logps[rows] if old_logps is not None else logps.detach()  # one update per batch: ratio 1
-            if old_logps is None:
-                first_pass = old.new_empty(batch.completion_mask.shape) if first_pass is None else first_pass
-                first_pass[rows] = old
+            if old_logps is None:  # kept in the batch's row order, whatever order the micro-batches ran in
+                if first_pass is None:
+                    first_pass = old.new_empty(batch.completion_mask.shape)  # [B, T]
+                first_pass[rows] = old  # [b, T]
             weights = sampler_weights(cfg, old, mb) if correct and mb.sampler_logps is not None else None
             if weights is not None and track_correction:
                 out.add_correction(sampler_correction_stats(weights, mb.completion_mask,
