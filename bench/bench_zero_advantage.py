@@ -7,8 +7,7 @@ group without signal, advantage 0, as when a model solves a problem every time o
 by their length in characters (nearly always spread). Both sides generate from the same seeds with the same
 weights up to float rounding (the rows with a gradient run in other micro-batches), so the completions are the
 same unless a rounding difference flips a sampled token, and the training phase (`timing_s/train`) is what
-is compared. Runs alternate
-ABBA per share; the first step of each run is dropped (warm-up).
+is compared. Runs alternate ABBA per share; the first step of each run is dropped (warm-up).
 
     python bench/bench_zero_advantage.py                    # shares 0, 0.25, 0.5, 0.75
     python bench/bench_zero_advantage.py --shares 0.5 --steps 6 --rounds 2

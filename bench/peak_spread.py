@@ -45,5 +45,6 @@ def main():
         lo, hi = min(got[2048]), max(got[2048])
         print(f"a training pass read as 55% of the highest 2048^3 reading is {55 * hi / lo:.0f}% of the lowest")
 
+
 if __name__ == "__main__":
     main()
